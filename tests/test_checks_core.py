@@ -85,3 +85,10 @@ def test_learner_cannot_mutate_the_check_inputs():
 
     run_check("Task 0", in_place, CASES)  # would fail on a second use if inputs were shared
     run_check("Task 0", in_place, CASES)
+
+
+def test_nan_on_one_side_is_reported_not_crashed():
+    case = Case("empty class", args=(0,), expected=torch.tensor([0.5, float("nan")]))
+    with pytest.raises(CheckError, match=r"at index \(1,\) \(expected nan, got 1\)"):
+        run_check("Task 0", lambda x: torch.tensor([0.5, 1.0]), [case])
+    run_check("Task 0", lambda x: torch.tensor([0.5, float("nan")]), [case])  # NaN where NaN is expected passes

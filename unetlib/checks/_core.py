@@ -96,7 +96,9 @@ def compare_values(got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e
         g = got.detach().cpu().to(torch.float64)
         e = exp.detach().cpu().to(torch.float64)
         if not torch.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True):
-            diff = (g - e).abs()
+            # NaN differences (a NaN on one side only) rank as the worst, so they are reported.
+            mismatched = ~torch.isclose(g, e, atol=atol, rtol=rtol, equal_nan=True)
+            diff = torch.where(mismatched, (g - e).abs().nan_to_num(nan=float("inf")), torch.zeros_like(g))
             where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
             return (
                 f"values differ: largest difference {diff.max().item():.4g} at index {where} "
