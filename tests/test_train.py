@@ -289,6 +289,14 @@ def test_folder_data_holds_out_images(tmp_path):
     assert history[-1]["val_iou"] is not None
 
 
+def test_elastic_deformation_run_is_reproducible():
+    config = tiny_config(epochs=1, steps_per_epoch=2, elastic=True, synthetic_val_images=0)
+    a, b = quiet_fit(config), quiet_fit(config)
+    assert_same_weights(a.model.state_dict(), b.model.state_dict())
+    plain = quiet_fit(dataclass_replace(config, elastic=False))
+    assert a[-1]["loss"] != plain[-1]["loss"]  # the deformation changed the tiles
+
+
 def test_nan_loss_stops_with_a_clear_error():
     class NaNNet(ConstantForeground):
         def output_size(self, size):
