@@ -10,7 +10,7 @@ from torch import nn
 
 from unetlib.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from unetlib.data import LabeledImage, make_synthetic_dataset
-from unetlib.device import resolve_device, speed_settings
+from unetlib.device import resolve_device, set_cpu_threads, speed_settings
 from unetlib.train import (
     TrainConfig,
     TrainingInterrupted,
@@ -72,6 +72,24 @@ def test_resolve_device_and_speed_settings():
     assert cpu.channels_last and not cpu.use_grad_scaler and not cpu.pin_memory
     assert cpu.amp == cpu_supports_bf16()  # bf16 only where the CPU has it natively
     assert speed_settings(torch.device("cpu"), amp=False).amp_dtype is None
+
+
+def test_cpu_threads_honour_omp_num_threads(monkeypatch):
+    from unetlib.utils import physical_cpu_count
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_cpu_threads() == 1 and torch.get_num_threads() == 1  # the environment's limit wins
+        assert set_cpu_threads(2) == 2  # an explicit number wins over the environment
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_cpu_threads() == physical_cpu_count()
+        monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+        assert set_cpu_threads() == physical_cpu_count()
+        with pytest.raises(ValueError, match="num_threads must be >= 1"):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -121,12 +122,18 @@ def autocast_context(settings: SpeedSettings):
 
 
 def set_cpu_threads(num_threads: Optional[int] = None) -> int:
-    """Set torch's intra-op thread count (default: physical cores) and return it.
+    """Set torch's intra-op thread count and return it.
 
-    Hyper-threads share one core's vector units, so more threads than physical cores
-    usually slows convolutions down.
+    The default is the physical core count, because hyper-threads share one core's vector
+    units and more threads than cores usually slows convolutions down. An ``OMP_NUM_THREADS``
+    set in the environment wins over that default: it is how a user, a job scheduler or a
+    parallel test run (two notebooks on two cores) says how many cores this process may use,
+    and OpenMP threads that outnumber the cores spin and slow everything down many times.
     """
-    n = physical_cpu_count() if num_threads is None else int(num_threads)
+    if num_threads is None:
+        requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+        num_threads = int(requested) if requested.isdigit() and int(requested) > 0 else physical_cpu_count()
+    n = int(num_threads)
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
     if torch.get_num_threads() != n:
