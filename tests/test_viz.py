@@ -1,0 +1,128 @@
+"""unetlib.viz: the numbers the figures show agree with torch, and bad input is refused clearly."""
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from unetlib.viz.conv_grids import (  # noqa: E402
+    conv_arithmetic_text,
+    draw_conv_arithmetic,
+    draw_grid,
+    plot_conv_step,
+    show_conv_arithmetic,
+)
+from unetlib.viz.panels import colorize_instances, error_overlay, history_series, show_panels, to_display  # noqa: E402
+from unetlib.viz.unet_diagram import draw_unet  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def final_number(text: str) -> int:
+    return int(re.findall(r"= (\d+)", text)[-1])
+
+
+@pytest.mark.parametrize("i,k,s,p,d", [(5, 3, 1, 0, 1), (5, 3, 2, 1, 1), (7, 3, 2, 0, 2), (572, 3, 1, 0, 1), (6, 4, 3, 2, 1)])
+def test_convolution_formula_text_ends_with_torchs_output_size(i, k, s, p, d):
+    torch_size = F.conv2d(torch.zeros(1, 1, i, i), torch.zeros(1, 1, k, k), stride=s, padding=p, dilation=d).shape[-1]
+    assert final_number(conv_arithmetic_text(i, k, s, p, dilation=d)) == torch_size
+
+
+@pytest.mark.parametrize("i,k,s,p,a,d", [(3, 3, 1, 0, 0, 1), (4, 2, 2, 0, 0, 1), (5, 3, 2, 1, 1, 1), (3, 3, 2, 1, 0, 2)])
+def test_transposed_formula_text_ends_with_torchs_output_size(i, k, s, p, a, d):
+    torch_size = F.conv_transpose2d(torch.zeros(1, 1, i, i), torch.zeros(1, 1, k, k), stride=s, padding=p,
+                                    output_padding=a, dilation=d).shape[-1]
+    text = conv_arithmetic_text(i, k, s, p, a, d, transposed=True)
+    assert final_number(text) == torch_size
+    figure = draw_conv_arithmetic(i, k, s, p, a, d, transposed=True)
+    assert any(f"output {torch_size}×{torch_size}" in ax.get_title() for ax in figure.axes)
+
+
+def test_impossible_configuration_raises_and_the_explorer_prints_instead(capsys):
+    with pytest.raises(ValueError):
+        conv_arithmetic_text(2, 5)  # a 5-wide kernel does not fit a 2-pixel input
+    show_conv_arithmetic(input_size=2, kernel_size=5)
+    assert capsys.readouterr().out.startswith("Invalid configuration:")
+
+
+def test_conv_step_title_shows_the_value_torch_computes():
+    x = torch.arange(25.0).reshape(5, 5)
+    w = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    figure = plot_conv_step(x, w, 1, 2, stride=1)
+    expected = F.conv2d(x[None, None], w[None, None])[0, 0, 1, 2].item()
+    assert figure._suptitle.get_text().endswith(f"= {expected:.0f}")
+    with pytest.raises(ValueError, match="outside the output"):
+        plot_conv_step(x, w, 4, 0)
+
+
+def test_draw_grid_refuses_batched_input_with_a_hint():
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="squeeze"):
+        draw_grid(ax, torch.zeros(1, 3, 3), title="x")
+
+
+def test_instance_colours_are_per_id_and_background_is_black():
+    ids = np.array([[0, 1, 1], [2, 2, 0], [3, 1, 0]])
+    rgb = colorize_instances(ids)
+    assert rgb.shape == (3, 3, 3) and rgb.dtype == np.float32
+    assert np.all(rgb[ids == 0] == 0)
+    assert np.all(rgb[ids == 1] == rgb[0, 1])  # one id, one colour
+    colours = {tuple(rgb[ids == k][0]) for k in (1, 2, 3)}
+    assert len(colours) == 3 and all(max(c) > 0.5 for c in colours)  # distinct and bright
+    np.testing.assert_array_equal(colorize_instances(torch.from_numpy(ids)), rgb)  # deterministic, tensor or array
+    with pytest.raises(ValueError, match="integer ids"):
+        colorize_instances(ids + 0.5)
+
+
+def test_error_overlay_colours_each_kind_of_pixel():
+    prediction = np.array([[1, 1, 0, 0]])
+    truth = np.array([[1, 0, 1, 0]])
+    rgb = error_overlay(prediction, truth)
+    white, false_positive, false_negative, black = rgb[0]
+    assert np.all(white == 1) and np.all(black == 0)
+    assert false_positive[0] > 0.9 and false_positive[2] < 0.2  # red
+    assert false_negative[2] > 0.9 and false_negative[0] < 0.3  # blue
+    with pytest.raises(ValueError, match="same shape"):
+        error_overlay(prediction, truth.T)
+
+
+def test_to_display_squeezes_and_moves_channels():
+    assert to_display(torch.zeros(1, 1, 4, 5)).shape == (4, 5)
+    assert to_display(torch.zeros(3, 4, 5)).shape == (4, 5, 3)
+    assert to_display(torch.ones(2, 2, dtype=torch.bfloat16)).dtype == np.float32
+    with pytest.raises(ValueError, match="cannot display"):
+        to_display(np.zeros((2, 4, 5)))
+
+
+def test_show_panels_draws_one_image_per_panel():
+    figure = show_panels([("a", np.zeros((4, 4)), "gray"), ("b", np.ones((4, 4)), None), ("c", np.eye(4), "gray")], ncols=2)
+    with_images = [ax for ax in figure.axes if ax.images]
+    assert [ax.get_title() for ax in with_images] == ["a", "b", "c"]
+
+
+def test_history_series_skips_missing_values_and_picks_the_step_axis():
+    series = history_series([{"step": 1, "loss": 0.9, "val_iou": None},
+                             {"step": 2, "loss": 0.5, "val_iou": 0.7},
+                             {"step": 3, "loss": float("nan"), "val_iou": 0.8}])
+    assert series["loss"] == ([1.0, 2.0], [0.9, 0.5])
+    assert series["val_iou"] == ([2.0, 3.0], [0.7, 0.8])
+    with pytest.raises(ValueError, match="x_key 'epoch'"):
+        history_series({"step": [1], "loss": [1.0]}, x_key="epoch")
+
+
+def test_unet_diagram_labels_the_papers_sizes_and_refuses_invalid_ones():
+    figure = draw_unet(572)
+    labels = " ".join(text.get_text() for ax in figure.axes for text in ax.texts)
+    assert "572" in labels and "388" in labels and "1024" in labels
+    with pytest.raises(ValueError, match="556"):
+        draw_unet(570)
