@@ -92,6 +92,13 @@ def test_cpu_threads_honour_omp_num_threads(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_cpu_bf16_can_be_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("UNETLIB_CPU_BF16", "0")
+    assert cpu_supports_bf16() is False
+    assert speed_settings(torch.device("cpu")).amp_dtype is None  # the float32 path
+    assert speed_settings(torch.device("cpu"), amp=True).amp_dtype == torch.bfloat16  # asked for explicitly
+
+
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     path = tmp_path / "sub" / "c.pt"
     save_checkpoint({"w": torch.arange(3), "rng": capture_rng_state(), "name": "x"}, path)

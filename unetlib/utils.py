@@ -60,7 +60,11 @@ def cpu_supports_bf16() -> bool:
 
     On such CPUs bf16 autocast makes convolutions roughly twice as fast; elsewhere it is
     emulated and *slower* than float32, so callers should check before enabling it.
+    Setting the environment variable ``UNETLIB_CPU_BF16=0`` answers False anyway: the
+    float32 path of a CPU without bf16, for comparisons and for timing such a machine.
     """
+    if os.environ.get("UNETLIB_CPU_BF16", "").strip() == "0":
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
