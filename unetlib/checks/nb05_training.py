@@ -290,16 +290,12 @@ class TinyValidNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, tile_in: Optional[int] = None, seed: int = 0):
         super().__init__()
-        gen = torch.Generator().manual_seed(seed)
         self.tile_in = tile_in
         self.conv1 = nn.Conv2d(in_channels, 4, 3)
         self.conv2 = nn.Conv2d(4, 4, 3)
         self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
         self.out = nn.Conv2d(4, num_classes, 1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        self.double().requires_grad_(False)
+        _fixed_float64_weights(self, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_tile(x, self.tile_in)
@@ -308,6 +304,19 @@ class TinyValidNet(nn.Module):
         x = torch.relu(self.conv1(x.to(torch.float64)))
         x = torch.relu(self.conv2(F.max_pool2d(x, 2)))
         return self.out(torch.relu(self.up(x)))
+
+
+def _fixed_float64_weights(model: nn.Module, seed: int) -> None:
+    """Overwrite every parameter with seeded N(0, 0.5^2) values, in float64, frozen.
+
+    The reference nets of the checks must give the same numbers on every machine and
+    must not depend on torch's global RNG or on learner code that touched it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model.double().requires_grad_(False)
 
 
 def _check_tile(x: Any, tile_in: Optional[int]) -> None:
@@ -325,14 +334,10 @@ class TwoConvNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, tile_in: Optional[int] = None, seed: int = 1):
         super().__init__()
-        gen = torch.Generator().manual_seed(seed)
         self.tile_in = tile_in
         self.conv1 = nn.Conv2d(in_channels, 3, 3)
         self.conv2 = nn.Conv2d(3, num_classes, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        self.double().requires_grad_(False)
+        _fixed_float64_weights(self, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_tile(x, self.tile_in)
