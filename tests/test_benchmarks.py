@@ -21,8 +21,13 @@ def load_benchmark(name: str):
     return module
 
 
-def test_train_benchmark_prints_the_engine_speedup_and_both_accuracies(capsys):
-    bench = load_benchmark("bench_train")
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/bench_train.py, imported once for this module's tests."""
+    return load_benchmark("bench_train")
+
+
+def test_train_benchmark_prints_the_engine_speedup_and_both_accuracies(bench, capsys):
     results = bench.main(["--steps", "4", "--batch", "2", "--size", "64", "--base", "8", "--depth", "2",
                           "--images", "2", "--val-images", "1", "--image-size", "64"])
     out = capsys.readouterr().out
@@ -35,8 +40,7 @@ def test_train_benchmark_prints_the_engine_speedup_and_both_accuracies(capsys):
     assert "JSON " in out
 
 
-def test_plain_unet_copies_the_engine_weights_exactly():
-    bench = load_benchmark("bench_train")
+def test_plain_unet_copies_the_engine_weights_exactly(bench):
     import torch
 
     from unetlib.models import UNet
@@ -49,8 +53,7 @@ def test_plain_unet_copies_the_engine_weights_exactly():
         assert torch.allclose(engine(x), plain(x), atol=1e-5)  # so both loops really start from one network
 
 
-def test_plain_unet_refuses_weights_of_another_size():
-    bench = load_benchmark("bench_train")
+def test_plain_unet_refuses_weights_of_another_size(bench):
     from unetlib.models import UNet
 
     with pytest.raises(ValueError, match="do not line up"):
