@@ -24,6 +24,7 @@ from .io import (
     read_tiff_stack,
 )
 from .synthetic import SyntheticSample, make_synthetic_dataset, synthetic_cells
+from .isbi2012 import ChecksumMismatch, DatasetUnavailable, download_isbi2012, isbi2012, isbi2012_split
 
 __all__ = [
     "DatasetError",
@@ -46,4 +47,9 @@ __all__ = [
     "WholeImageDataset",
     "split_holdout",
     "resolve_output_size",
+    "isbi2012",
+    "isbi2012_split",
+    "download_isbi2012",
+    "DatasetUnavailable",
+    "ChecksumMismatch",
 ]
