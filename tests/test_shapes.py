@@ -1,6 +1,9 @@
 """unetlib.shapes against the real thing: PyTorch layers and real U-Net modules."""
 from __future__ import annotations
 
+import functools
+import threading
+
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -13,6 +16,9 @@ from unetlib.models.blocks import DoubleConv, OutConv, Up
 from unetlib.shapes import (
     conv_output_size,
     conv_transpose_output_size,
+    MAX_SMALLEST_VALID_INPUT,
+    check_depth,
+    describe_valid_input_sizes,
     format_shape_trace,
     is_valid_input_size,
     nearest_valid_input_size,
@@ -381,8 +387,8 @@ def test_receptive_field_of_the_paper_network():
 
 
 @pytest.mark.parametrize("depth", range(1, 7))
-def test_valid_sizes_are_periodic_and_the_search_limit_holds(depth):
-    # the facts the nearest-size search relies on (see shapes._search_limit)
+def test_valid_sizes_are_periodic(depth):
+    # the shape of the closed form (see shapes._valid_size_rule): smallest + 2**depth * k
     first = nearest_valid_input_size(1, depth)[1]
     assert first < 16 * 2 ** depth
     sizes = valid_input_sizes(depth, max_size=first + 5 * 2 ** depth)
@@ -398,3 +404,90 @@ def test_shape_stage_fields_and_format_errors():
     assert unet_shape_trace(572, in_channels=3, num_classes=5)[0].shape == (3, 572, 572)
     with pytest.raises(TypeError, match="unet_shape_trace"):
         format_shape_trace([("input", 1, 572, 572)])
+
+
+# --------------------------------------------------------------------------- closed form vs stepping
+@functools.lru_cache(maxsize=None)
+def stepped_valid_sizes(depth: int, padding: str, max_size: int) -> list[int]:
+    """The slow, obviously right way: walk every candidate size through the layers."""
+    return [s for s in range(1, max_size + 1) if shapes._invalid_reason(s, depth, padding) is None]
+
+
+@pytest.mark.parametrize("depth", range(1, 6))
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_closed_form_valid_sizes_agree_with_stepping(depth, padding):
+    smallest, step = shapes._valid_size_rule(depth, padding)
+    max_size = smallest + 8 * step + 3
+    stepped = stepped_valid_sizes(depth, padding, max_size)
+    assert stepped[0] == smallest and step == 2 ** depth
+    assert valid_input_sizes(depth, padding, max_size=max_size) == stepped
+    assert [s for s in range(-3, max_size + 1) if is_valid_input_size(s, depth, padding)] == stepped
+
+
+@settings(max_examples=300, deadline=None)
+@given(depth=st.integers(1, 5), padding=st.sampled_from(["valid", "same"]), size=st.integers(-5, 1500),
+       width=st.integers(0, 300))
+def test_closed_form_nearest_and_ranges_agree_with_stepping(depth, padding, size, width):
+    stepped = stepped_valid_sizes(depth, padding, 2000)  # covers size + width and the next valid size
+    lower = max((s for s in stepped if s <= size), default=None)
+    upper = min(s for s in stepped if s >= size)
+    assert nearest_valid_input_size(size, depth, padding) == (lower, upper)
+    if size >= 1:
+        in_range = [s for s in stepped if size <= s <= size + width]
+        assert valid_input_sizes(depth, padding, min_size=size, max_size=size + width) == in_range
+
+
+def finishes_within(call, seconds: float = 5.0):
+    """Run ``call`` in a thread; fail if it has not returned (or raised) after ``seconds``.
+
+    Returns what it returned, or the exception it raised.
+    """
+    outcome = []
+
+    def target():
+        try:
+            outcome.append(call())
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it hangs"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: unet_output_size(572, depth=1000), r"depth=1000 is too deep .* at least 2\*\*1000 px"),
+    (lambda: nearest_valid_input_size(600, depth=64), "depth=64 is too deep .* 221,360,928,884,514,619,388 px"),
+    (lambda: is_valid_input_size(600, depth=17), "smallest valid input would be 1,572,860 px"),
+    (lambda: valid_input_sizes(depth=20, padding="same"), "1,048,576 px.* Use depth <= 19"),
+    (lambda: describe_valid_input_sizes(depth=10 ** 9), "Use depth <= 16"),
+    (lambda: unet_shape_trace(572, depth=17), "depth=17 is too deep"),
+    (lambda: unet_context(depth=40), "depth=40 is too deep"),
+    (lambda: receptive_field(depth=30), "depth=30 is too deep"),
+])
+def test_absurd_depths_are_refused_at_once(call, match):
+    outcome = finishes_within(call)
+    assert isinstance(outcome, ValueError)
+    with pytest.raises(ValueError, match=match):
+        raise outcome
+
+
+def test_the_deepest_allowed_networks_still_work_and_are_fast():
+    assert finishes_within(lambda: nearest_valid_input_size(600, depth=16)) == (None, 786428)
+    assert shapes._valid_size_rule(16, "valid") == (786428, 2 ** 16) <= (MAX_SMALLEST_VALID_INPUT, 0)
+    assert finishes_within(lambda: unet_output_size(786428 + 2 ** 16, depth=16)) == 2 ** 16 + 4
+    assert finishes_within(lambda: unet_context(16)) == 12 * 2 ** 16 - 8
+    assert finishes_within(lambda: nearest_valid_input_size(600, depth=19, padding="same")) == (None, 2 ** 19)
+    assert check_depth(16) == 16 and check_depth(19, "same") == 19
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: check_depth(4.0), TypeError, "depth must be an integer"),
+    (lambda: check_depth(0), ValueError, "depth must be >= 1"),
+    (lambda: check_depth(4, "full"), ValueError, "padding must be one of"),
+])
+def test_check_depth_refuses_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -10,7 +10,8 @@ Three one-layer rules (they agree exactly with PyTorch, see ``tests/test_shapes.
 and, built only from those rules, the whole U-Net of Ronneberger et al. (2015):
 :func:`unet_shape_trace` (the stage-by-stage table of Fig. 1), :func:`unet_output_size`
 (572 -> 388), :func:`valid_input_sizes` (188 + 16k for depth 4: *derived* by walking the
-layers, never hard-coded), :func:`unet_context` (184) and :func:`receptive_field`.
+layers with symbols, never hard-coded, see ``_valid_size_rule``), :func:`unet_context` (184)
+and :func:`receptive_field`. :func:`check_depth` refuses depths no sane image fits.
 
 Sizes are plain Python ints (one spatial dimension); the U-Net helpers also take a
 ``(height, width)`` pair where it makes sense.
@@ -18,8 +19,10 @@ Sizes are plain Python ints (one spatial dimension); the U-Net helpers also take
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Optional, Sequence, Union
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "valid_input_sizes",
     "nearest_valid_input_size",
     "describe_valid_input_sizes",
+    "check_depth",
+    "MAX_SMALLEST_VALID_INPUT",
     "unet_context",
     "receptive_field",
     "PADDINGS",
@@ -74,10 +79,6 @@ def _check_up_mode(up_mode: str) -> str:
     if up_mode not in UP_MODES:
         raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
     return up_mode
-
-
-def _check_depth(depth) -> int:
-    return _as_int("depth", depth, minimum=1)
 
 
 # --------------------------------------------------------------------------- one layer
@@ -257,51 +258,209 @@ class _InvalidSize(Exception):
     """Internal: the walk found a layer that cannot take this size (message = the reason)."""
 
 
+def _unet_layers(depth: int) -> list[tuple[str, str, int]]:
+    """The U-Net of this depth as ``(kind, name, level)`` steps, in forward order.
+
+    Kinds: ``"conv"`` (3x3 convolution), ``"pool"`` (2x2 max-pool), ``"skip"`` (remember this
+    map for the decoder), ``"up"`` (x2 up-convolution), ``"crop"`` (crop the remembered skip to
+    the upsampled map and concatenate). This list is the single description of the network in
+    this module: :func:`_walk_1d` walks it with numbers, :func:`_valid_size_rule` with symbols.
+    """
+    layers = []
+    for level in range(1, depth + 2):  # level depth+1 is the bottleneck
+        name = f"enc{level}" if level <= depth else "bottleneck"
+        if level > 1:
+            layers.append(("pool", f"pool{level - 1}", level - 1))
+        layers += [("conv", f"{name}.conv1", level), ("conv", f"{name}.conv2", level)]
+        if level <= depth:
+            layers.append(("skip", name, level))
+    for level in range(depth, 0, -1):
+        layers += [("up", f"up{level}", level), ("crop", f"crop{level}", level),
+                   ("conv", f"dec{level}.conv1", level), ("conv", f"dec{level}.conv2", level)]
+    return layers
+
+
+def _conv3x3(padding: str):
+    """The one-layer rule of the U-Net's 3x3 convolution (``"same"`` pads 1 pixel per side)."""
+    return functools.partial(conv_output_size, kernel_size=3, padding=0 if padding == "valid" else 1)
+
+
+def _pool2x2(size: int) -> int:
+    return pool_output_size(size, 2)
+
+
+def _up2x2(size: int) -> int:
+    return conv_transpose_output_size(size, 2, stride=2)  # bilinear x2 gives the same size
+
+
 def _walk_1d(size: int, depth: int, padding: str) -> list[tuple[str, str, int, int, int]]:
     """Walk one spatial dimension through the U-Net, layer by layer.
 
     Returns rows ``(name, kind, level, size, crop_per_side)``; raises ``_InvalidSize`` with the
-    reason at the first layer that cannot take its input. This function is the single source
-    of the U-Net arithmetic in this module: everything else (valid sizes, context, receptive
-    field, trace) is derived from it.
+    reason at the first layer that cannot take its input. Together with
+    :func:`_valid_size_rule` (the same walk done with symbols) this is the whole U-Net
+    arithmetic of this module: the trace, valid sizes, context and receptive field derive
+    from it.
     """
-    conv_pad = 0 if padding == "valid" else 1  # 3x3 conv: "same" needs 1 pixel per side
+    conv = _conv3x3(padding)
     rows = [("input", "input", 0, size, 0)]
-
-    def conv(name: str, level: int, s: int) -> int:
-        try:
-            out = conv_output_size(s, 3, padding=conv_pad)
-        except ValueError:
-            raise _InvalidSize(f"{name} gets only {s} pixel(s), too few for a 3x3 convolution") from None
-        rows.append((name, "conv", level, out, 0))
-        return out
-
-    encoder_sizes = []
-    for level in range(1, depth + 2):  # level depth+1 is the bottleneck
-        name = f"enc{level}" if level <= depth else "bottleneck"
-        if level > 1:
+    skips = {}
+    for kind, name, level in _unet_layers(depth):
+        if kind == "conv":
+            try:
+                size = conv(size)
+            except ValueError:
+                raise _InvalidSize(f"{name} gets only {size} pixel(s), too few for a 3x3 convolution") from None
+            rows.append((name, "conv", level, size, 0))
+        elif kind == "pool":
             if size % 2:
-                raise _InvalidSize(f"pool{level - 1} gets an odd size {size} (a 2x2 max-pool needs "
+                raise _InvalidSize(f"{name} gets an odd size {size} (a 2x2 max-pool needs "
                                    "an even size, or it silently drops a row/column)")
-            size = pool_output_size(size, 2)
-            rows.append((f"pool{level - 1}", "pool", level - 1, size, 0))
-        size = conv(f"{name}.conv1", level, size)
-        size = conv(f"{name}.conv2", level, size)
-        encoder_sizes.append(size)
-
-    for level in range(depth, 0, -1):
-        size = conv_transpose_output_size(size, 2, stride=2)  # bilinear x2 gives the same size
-        rows.append((f"up{level}", "up", level, size, 0))
-        skip = encoder_sizes[level - 1]
-        if skip < size:
-            raise _InvalidSize(f"the skip of level {level} ({skip}) is smaller than the "
-                               f"upsampled map ({size}) and cannot be cropped to it")
-        rows.append((f"crop{level}", "crop", level, size, (skip - size) // 2))
-        rows.append((f"concat{level}", "concat", level, size, 0))
-        size = conv(f"dec{level}.conv1", level, size)
-        size = conv(f"dec{level}.conv2", level, size)
+            size = _pool2x2(size)
+            rows.append((name, "pool", level, size, 0))
+        elif kind == "skip":
+            skips[level] = size
+        elif kind == "up":
+            size = _up2x2(size)
+            rows.append((name, "up", level, size, 0))
+        elif kind == "crop":
+            skip = skips[level]
+            if skip < size:
+                raise _InvalidSize(f"the skip of level {level} ({skip}) is smaller than the "
+                                   f"upsampled map ({size}) and cannot be cropped to it")
+            rows.append((name, "crop", level, size, (skip - size) // 2))
+            rows.append((f"concat{level}", "concat", level, size, 0))
     rows.append(("output", "output", 0, size, 0))
     return rows
+
+
+# --------------------------------------------------------------------------- valid sizes in closed form
+def _affine(rule, first: int, step: int = 1) -> tuple[Fraction, Fraction]:
+    """``(slope, intercept)`` such that ``rule(x) == slope * x + intercept`` for
+    ``x = first, first + step, first + 2 step, ...``, read off two evaluations of ``rule``.
+
+    Exact for the layers of a U-Net: a stride-1 convolution and a stride-2 up-convolution are
+    affine in their input size, and a 2x2 max-pool is affine (it halves) on even sizes.
+    """
+    y0, y1 = rule(first), rule(first + step)
+    slope = Fraction(y1 - y0, step)
+    return slope, y0 - slope * first
+
+
+def _smallest_accepted(rule) -> int:
+    """The smallest input size a one-layer rule accepts (3 for an unpadded 3x3 conv)."""
+    for size in range(1, 65):
+        try:
+            rule(size)
+            return size
+        except ValueError:
+            continue
+    raise ValueError(f"{rule} accepts no input size up to 64")  # not reached for U-Net layers
+
+
+@functools.lru_cache(maxsize=None)
+def _valid_size_rule(depth: int, padding: str) -> tuple[int, int]:
+    """``(smallest, step)``: the valid input sizes are exactly ``smallest + step * k``, k >= 0.
+
+    Derived by walking :func:`_unet_layers` with *symbols*: the input is ``step * k + offset``
+    for an unknown integer ``k`` (at first ``1 * k + 0``: any size), and every feature map is
+    then an affine function ``a * k + b`` of ``k``:
+
+    * a 3x3 conv maps ``a k + b`` to ``a k + b - 2`` (valid) or ``a k + b`` (same), and needs
+      its input to be at least 3 (valid) or 1 (same) pixels: a lower bound on ``k``;
+    * a 2x2 max-pool needs an *even* size. While ``a`` is odd, that fixes the parity of ``k``:
+      ``k = 2 k' + r``, which doubles ``step`` (so ``step`` ends as ``2**depth``) and fixes one
+      more bit of ``offset``; then it halves the map;
+    * an up-convolution doubles the map; a crop needs the skip to be at least as large as the
+      upsampled map (here the difference does not depend on ``k``: it is the crop).
+
+    The smallest valid input is the smallest size of the form ``step * k + offset`` above
+    every lower bound. Cost: a few operations per layer, whatever the depth.
+    """
+    conv = _conv3x3(padding)
+    layer_rules = {"conv": conv, "pool": _pool2x2, "up": _up2x2}
+    smallest_in = {kind: _smallest_accepted(rule) for kind, rule in layer_rules.items()}
+    affine = {"conv": _affine(conv, smallest_in["conv"]), "up": _affine(_up2x2, smallest_in["up"]),
+              "pool": _affine(_pool2x2, 2, step=2)}  # a pool is applied to even sizes only
+
+    step, offset = 1, 0  # input size = step * k + offset
+    a, b = Fraction(1), Fraction(0)  # current size = a * k + b
+    lowest = 1  # every valid input is >= lowest
+    skips = {}
+
+    def need(a: Fraction, b: Fraction, minimum: int) -> None:
+        """Record the constraint ``a * k + b >= minimum`` as a lower bound on the input."""
+        nonlocal lowest
+        if a == 0:  # the same for every input: it holds always or never
+            if b < minimum:
+                raise ValueError(f"no input size fits a depth-{depth} U-Net with padding={padding!r}")
+            return
+        k_min = math.ceil((minimum - b) / a)  # a > 0: every layer grows with the input
+        lowest = max(lowest, step * k_min + offset)
+
+    for kind, _, level in _unet_layers(depth):
+        if kind == "pool":
+            need(a, b, smallest_in["pool"])
+            if a % 2 == 1:  # a k + b is even only for k of one parity r: k = 2 k' + r
+                r = int(b % 2)
+                step, offset = 2 * step, offset + step * r
+                a, b = 2 * a, a * r + b
+                skips = {lvl: (2 * sa, sa * r + sb) for lvl, (sa, sb) in skips.items()}
+            elif b % 2 == 1:  # even slope, odd intercept: never even
+                raise ValueError(f"no input size fits a depth-{depth} U-Net with padding={padding!r}")
+        if kind in affine:
+            if kind == "conv":
+                need(a, b, smallest_in["conv"])
+            slope, intercept = affine[kind]
+            a, b = slope * a, slope * b + intercept
+        elif kind == "skip":
+            skips[level] = (a, b)
+        elif kind == "crop":
+            skip_a, skip_b = skips[level]
+            need(skip_a - a, skip_b - b, 0)  # skip - upsampled >= 0
+    smallest = offset + step * math.ceil(Fraction(lowest - offset, step))
+    return smallest, step
+
+
+#: The U-Net helpers refuse a depth whose smallest valid input would be larger than this
+#: (depth 17 with valid padding, depth 20 with same padding): such a network cannot be
+#: trained or even stored, and is almost always a typo.
+MAX_SMALLEST_VALID_INPUT = 1_000_000
+_DEEPEST_SYMBOLIC_WALK = 64  # beyond this, 2**depth alone is far above the limit
+
+
+@functools.lru_cache(maxsize=None)
+def _deepest_allowed(padding: str) -> int:
+    depth = 1
+    while _valid_size_rule(depth + 1, padding)[0] <= MAX_SMALLEST_VALID_INPUT:
+        depth += 1
+    return depth
+
+
+def check_depth(depth: int, padding: str = "valid") -> int:
+    """Return ``depth`` as an int, or raise a clear error if no sane input fits it.
+
+    A depth-``d`` U-Net halves the size ``d`` times, so its smallest valid input grows like
+    ``2**d`` (188 for depth 4, 1,572,860 for depth 17). Depths whose smallest valid input is
+    above :data:`MAX_SMALLEST_VALID_INPUT` are refused, with that size in the message.
+
+    Raises:
+        TypeError: ``depth`` is not an integer.
+        ValueError: ``depth < 1``, an unknown ``padding``, or a depth that is too deep.
+    """
+    depth = _as_int("depth", depth, minimum=1)
+    _check_padding_mode(padding)
+    deepest = _deepest_allowed(padding)
+    if depth <= deepest:
+        return depth
+    if depth > _DEEPEST_SYMBOLIC_WALK:  # don't build the layer list of an absurd network
+        needs = f"at least 2**{depth} px"
+    else:
+        needs = f"{_valid_size_rule(depth, padding)[0]:,} px"
+    raise ValueError(
+        f"depth={depth} is too deep for a U-Net with padding={padding!r}: each of its {depth} "
+        f"max-pools halves the size, so its smallest valid input would be {needs}, above the "
+        f"limit of {MAX_SMALLEST_VALID_INPUT:,} px. Use depth <= {deepest} (the paper uses 4).")
 
 
 def _pair(input_size: Size2d, name: str = "input_size") -> tuple[int, int]:
@@ -327,36 +486,36 @@ def is_valid_input_size(size: int, depth: int = 4, padding: str = "valid") -> bo
 
     Valid means: every 3x3 convolution gets at least 3 (padded) pixels, every 2x2 max-pool
     gets an *even* size (so the skip and the upsampled map line up), and the output is
-    non-empty. Derived by walking the layers with the one-layer rules, see
-    :func:`unet_shape_trace`. For the paper's network (depth 4, valid) this is 188 + 16k.
+    non-empty. For the paper's network (depth 4, valid) this is 188 + 16k; see
+    :func:`_valid_size_rule` for how that rule is derived from the layers.
     """
     size = _as_int("size", size)
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
-    return size >= 1 and _invalid_reason(size, depth, padding) is None
+    depth = check_depth(depth, padding)
+    smallest, step = _valid_size_rule(depth, padding)
+    return size >= smallest and (size - smallest) % step == 0
 
 
-def _search_limit(depth: int) -> int:
-    # Valid sizes repeat with period 2**depth once they exist, and the smallest one is below
-    # 16 * 2**depth for every depth (the context is 12 * 2**depth - 8 for valid padding):
-    # searching this far beyond any size is guaranteed to find the next valid one.
-    return 32 * 2 ** depth + 64
+def _first_valid_at_or_above(size: int, depth: int, padding: str) -> int:
+    smallest, step = _valid_size_rule(depth, padding)
+    if size <= smallest:
+        return smallest
+    return smallest + step * -((smallest - size) // step)  # -(x // y) rounds x / y up
 
 
 def valid_input_sizes(depth: int = 4, padding: str = "valid", min_size: int = 1,
                       max_size: int = 1024) -> list[int]:
-    """All valid input sizes in ``[min_size, max_size]``, found by walking every candidate.
+    """All valid input sizes in ``[min_size, max_size]``.
 
     For depth 4 with valid padding: ``[188, 204, 220, ...]`` (188 + 16k); with same padding:
     the multiples of ``2**depth``.
     """
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
+    depth = check_depth(depth, padding)
     min_size = _as_int("min_size", min_size, minimum=1)
     max_size = _as_int("max_size", max_size, minimum=1)
     if max_size < min_size:
         raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
-    return [s for s in range(min_size, max_size + 1) if _invalid_reason(s, depth, padding) is None]
+    step = _valid_size_rule(depth, padding)[1]
+    return list(range(_first_valid_at_or_above(min_size, depth, padding), max_size + 1, step))
 
 
 def nearest_valid_input_size(size: int, depth: int = 4, padding: str = "valid"
@@ -367,24 +526,19 @@ def nearest_valid_input_size(size: int, depth: int = 4, padding: str = "valid"
     Example: ``nearest_valid_input_size(570) == (556, 572)``.
     """
     size = _as_int("size", size)
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
-    lower = next((s for s in range(size, 0, -1) if _invalid_reason(s, depth, padding) is None), None)
-    upper = next((s for s in range(max(size, 1), max(size, 1) + _search_limit(depth))
-                  if _invalid_reason(s, depth, padding) is None), None)
-    return lower, upper
+    depth = check_depth(depth, padding)
+    smallest, step = _valid_size_rule(depth, padding)
+    lower = smallest + step * ((size - smallest) // step) if size >= smallest else None
+    return lower, _first_valid_at_or_above(max(size, 1), depth, padding)
 
 
 @functools.lru_cache(maxsize=None)
 def describe_valid_input_sizes(depth: int = 4, padding: str = "valid") -> str:
     """A one-line rule for the valid sizes, derived from the walk, e.g. ``"188 + 16k"``."""
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
-    first = nearest_valid_input_size(1, depth, padding)[1]
-    second = nearest_valid_input_size(first + 1, depth, padding)[1]
-    period = second - first
+    depth = check_depth(depth, padding)
+    first, period = _valid_size_rule(depth, padding)
     if padding == "same":
-        return f"multiples of {period} ({first}, {second}, ...)"
+        return f"multiples of {period} ({first}, {first + period}, ...)"
     context = first - unet_output_size(first, depth, padding)
     return f"{first} + {period}k, k = 0, 1, 2, ... (output = input - {context})"
 
@@ -409,8 +563,7 @@ def unet_output_size(input_size: Size2d, depth: int = 4, padding: str = "valid")
     Raises:
         ValueError: the input size is not valid; the message names the nearest valid sizes.
     """
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
+    depth = check_depth(depth, padding)
     pair = isinstance(input_size, (tuple, list))
     height, width = _pair(input_size)
     outputs = []
@@ -437,8 +590,7 @@ def unet_shape_trace(input_size: Size2d, depth: int = 4, padding: str = "valid",
     Raises:
         ValueError: the size is not valid (message names the nearest valid sizes).
     """
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
+    depth = check_depth(depth, padding)
     base_channels = _as_int("base_channels", base_channels, minimum=1)
     in_channels = _as_int("in_channels", in_channels, minimum=1)
     num_classes = _as_int("num_classes", num_classes, minimum=1)
@@ -496,9 +648,8 @@ def unet_context(depth: int = 4, padding: str = "valid") -> int:
     is the same for every valid input: this function measures it at the smallest valid
     input. It is ``92`` px of context on each side for depth 4. Same padding loses nothing (0).
     """
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
-    smallest = nearest_valid_input_size(1, depth, padding)[1]
+    depth = check_depth(depth, padding)
+    smallest = _valid_size_rule(depth, padding)[0]
     return smallest - unet_output_size(smallest, depth, padding)
 
 
@@ -570,8 +721,7 @@ def receptive_field(depth: int = 4, padding: str = "valid", up_mode: str = "tran
     For valid padding with bilinear upsampling, output pixels close to a tile border reach
     less far (the upsampling repeats edge values); the number here ignores borders.
     """
-    depth = _check_depth(depth)
-    _check_padding_mode(padding)
+    depth = check_depth(depth, padding)
     _check_up_mode(up_mode)
     # A valid size whose output holds at least two full periods of output positions.
     size = nearest_valid_input_size(1, depth, padding)[1]
