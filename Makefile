@@ -9,11 +9,20 @@ STAMP  := $(VENV)/.installed-stamp
 # Two pytest workers match CI's two cores; loadfile keeps each notebook in one kernel.
 PYTEST_WORKERS ?= 2
 
-.PHONY: lab test env exercises notebooks bench clean help
+# The same computation an AVX2-only CPU without bf16 does (most laptops and CI runners), on any
+# x86-64 machine: PyTorch's and oneDNN's kernels capped at AVX2, and float32 instead of bf16.
+PORTABLE_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 UNETLIB_CPU_BF16=0
+PYTEST_ALL = $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
+	--nbval --nbval-current-env --nbval-cell-timeout=1200 \
+	--nbval-sanitize-with tests/nbval_sanitize.cfg \
+	tests notebooks solutions
+
+.PHONY: lab test test-portable env exercises notebooks bench clean help
 
 help:
 	@echo "make lab        open the course in JupyterLab (creates .venv if needed)"
 	@echo "make test       run every test: library, notebooks, exercises (creates .venv if needed)"
+	@echo "make test-portable  the same tests computed as on an AVX2-only CPU without bf16"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make notebooks  re-execute every notebook and solution in place (authors only)"
 	@echo "make bench      run the CPU benchmarks in benchmarks/"
@@ -31,10 +40,11 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/00_start_here.ipynb
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
-		--nbval --nbval-current-env --nbval-cell-timeout=1200 \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg \
-		tests notebooks solutions
+	$(PYTEST_ALL)
+
+# Stored notebook outputs must not depend on the CPU: run this before committing a notebook.
+test-portable: $(STAMP)
+	$(PORTABLE_ENV) $(PYTEST_ALL)
 
 exercises: $(STAMP)
 	$(BIN)/python -m unetlib.exercises

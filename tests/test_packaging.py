@@ -1,6 +1,8 @@
 """Set-up promises: two README commands, CI calls exactly one of them, conda mirrors pip."""
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -68,3 +70,21 @@ def test_make_lab_opens_the_start_page():
     dry_run = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "jupyter lab" in dry_run and "notebooks/00_start_here.ipynb" in dry_run
     assert (ROOT / "notebooks/00_start_here.ipynb").exists()
+
+
+def test_make_test_portable_computes_like_an_avx2_cpu_without_bf16():
+    # `make test-portable` must really cap the kernels: read the settings the way make passes them
+    # and ask torch and unetlib what they then do.
+    dry_run = subprocess.run(["make", "-n", "test-portable"], cwd=ROOT, capture_output=True, text=True, check=True)
+    pytest_line = next(line for line in dry_run.stdout.splitlines() if "-m pytest" in line)
+    settings = dict(item.split("=", 1) for item in pytest_line.split() if re.fullmatch(r"[A-Z][A-Z0-9_]*=\S+", item))
+    assert settings.keys() >= {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "UNETLIB_CPU_BF16"}
+    test_line = next(line for line in subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True,
+                                                     text=True, check=True).stdout.splitlines() if "-m pytest" in line)
+    assert pytest_line.endswith(test_line), "test-portable must run exactly the suite that `make test` runs"
+    probe = ("import torch, unetlib.utils as u; "
+             "print(torch.backends.cpu.get_cpu_capability(), u.cpu_supports_bf16())")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **settings},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] in ("AVX2", "DEFAULT", "NO AVX"), f"kernels not capped: {out[0]}"
+    assert out[1] == "False", "bf16 autocast must be off under test-portable"
