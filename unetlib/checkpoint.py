@@ -14,7 +14,9 @@ Two rules make a checkpoint trustworthy:
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "remove_stale_temp_files", "capture_rng_state",
+           "restore_rng_state"]
+
+# save_checkpoint writes ".NAME.XXXXXXXX.tmp" (tempfile.mkstemp's 8 random characters) next to
+# NAME; a run killed during the write leaves that file behind.
+_TMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def _is_temp_file_of(filename: str, name: str) -> bool:
+    pattern = re.escape(_temp_prefix(name)) + r"[a-z0-9_]{8}" + re.escape(_TMP_SUFFIX)
+    return re.fullmatch(pattern, filename) is not None
 
 
 def save_checkpoint(state: dict, path: "str | os.PathLike") -> Path:
@@ -34,7 +50,7 @@ def save_checkpoint(state: dict, path: "str | os.PathLike") -> Path:
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
@@ -48,18 +64,51 @@ def save_checkpoint(state: dict, path: "str | os.PathLike") -> Path:
     return path
 
 
+def remove_stale_temp_files(folder: "str | os.PathLike", names=("last.pt", "best.pt")) -> list:
+    """Delete the temporary files that :func:`save_checkpoint` left in ``folder`` when it was
+    killed mid-write (``.last.pt.XXXXXXXX.tmp``); only that exact pattern, only for ``names``.
+
+    Returns the paths removed (an empty list if there were none or the folder is missing).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and not entry.is_symlink() and any(_is_temp_file_of(entry.name, n) for n in names):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
 def load_checkpoint(path: "str | os.PathLike", map_location: Any = "cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
 
     Raises FileNotFoundError if ``path`` does not exist and ValueError if it is not a
-    readable checkpoint (the message names the file).
+    readable checkpoint (the message names the file). A file that holds Python objects
+    besides plain data (a pickle that could run code) is refused, never loaded.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, unsupported objects
+    except pickle.UnpicklingError as exc:
+        # torch's own text suggests weights_only=False, i.e. running the file's code: never show it.
+        text = str(exc)
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe:
+            raise ValueError(
+                f"{path} is not a plain weights checkpoint: it holds Python objects (it references "
+                f"{unsafe.group(1)}) that could run code when loaded, so it was not loaded and must not be. "
+                "Use a best.pt/last.pt written by unetlib, or ask whoever made the file for one saved as "
+                "plain tensors."
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
+        detail = detail.group(1).strip() if detail and detail.group(1).strip() else "unexpected content"
+        raise ValueError(f"{path} is not a readable unetlib checkpoint (not a PyTorch file, or damaged: "
+                         f"{detail})") from None
+    except Exception as exc:  # truncated zip, not a torch file at all
         raise ValueError(f"{path} is not a readable unetlib checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a unetlib checkpoint (expected a dict, found {type(state).__name__})")

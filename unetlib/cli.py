@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def _bool_flag(parser, name: str, help: str):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m unetlib`` (all training flags default to None =
     "use the TrainConfig default", so ``--resume`` can tell what was given explicitly)."""
-    from .train import LOSS_CHOICES_HELP
+    from .train import LOSS_CHOICES_HELP, MASK_CHOICES
 
     parser = _Parser(prog="python -m unetlib", description="Train and use U-Nets (the U-Net course).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (default: runs/YYYYmmdd-HHMMSS)")
     tr.add_argument("--val-data", help="separate validation folder (default: hold out part of --data)")
     tr.add_argument("--val-fraction", type=float, help="fraction of folder images held out (default 0.2)")
+    tr.add_argument("--masks", choices=MASK_CHOICES,
+                    help="how folder masks are read: auto (default: binary 0/1 or 0/255, or instance ids; "
+                         "refuses masks that may be class ids), binary, instances (one id per cell) or "
+                         "classes (one class per value, 0 = background)")
     tr.add_argument("--epochs", type=int, help="number of epochs")
     tr.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch")
     tr.add_argument("--batch-size", type=int, help="tiles per step")
@@ -95,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "same height and width as the image.")
     pr.add_argument("images", nargs="+", help="PNG/TIFF images")
     pr.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
-    pr.add_argument("--out", required=True, help="folder for the masks (created)")
+    pr.add_argument("--out", required=True, help="folder for the masks (created); never one of the inputs")
+    pr.add_argument("--overwrite", action="store_true", help="replace masks that already exist in --out")
     pr.add_argument("--tile", type=int, help="inference tile size (default: chosen from the network)")
     pr.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -109,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder with images/ and masks/, or 'synthetic' (the run's held-out synthetic images)")
     ev.add_argument("--tile", type=int, help="inference tile size (default: chosen from the network)")
     ev.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    ev.add_argument("--masks", choices=MASK_CHOICES, help="how the masks are read (default: as in training)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _bool_flag(ev, "amp", "mixed precision (default: on where it is faster)")
 
@@ -123,16 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ==================================================================================== commands
 def _train(args) -> int:
-    from .train import TrainConfig, fit
+    from .train import TrainConfig, fit, same_data
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
+    if "out" in given and not given["out"].strip():  # '' would silently mean "save nothing"
+        raise ValueError("--out is empty; give the run folder to write to, e.g. --out runs/demo")
     if args.resume:
         if "out" not in given:
             raise ValueError("--resume needs --out RUN_DIR (the folder of the run to continue)")
         stored = _stored_config(Path(given["out"]))
+
+        def differs(key, value) -> bool:
+            if key in ("data", "val_data"):  # runs store absolute paths; ./data from elsewhere is fine
+                return not same_data(value, stored.get(key))
+            return stored.get(key) != value
+
         changed = [f"--{k.replace('_', '-')} {v} (run has {stored.get(k)})" for k, v in given.items()
-                   if k not in ("out", "device", "num_workers") and stored.get(k) != v]
+                   if k not in ("out", "device", "num_workers") and differs(k, v)]
         if changed:
             raise ValueError(f"cannot change settings when resuming: {'; '.join(changed)}; "
                              "omit them, or start a new run with another --out")
@@ -149,12 +164,13 @@ def _train(args) -> int:
 
 
 def _stored_config(run_dir: Path) -> dict:
-    from .checkpoint import load_checkpoint
+    """The full config of the run in ``run_dir`` (defaults filled in for older runs)."""
+    from .train import _load_train_checkpoint
 
     last = run_dir / "last.pt"
     if not last.is_file():
         raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-    return load_checkpoint(last)["config"]
+    return _load_train_checkpoint(last, needed=())[1].to_dict()
 
 
 def _predict(args) -> int:
@@ -162,9 +178,8 @@ def _predict(args) -> int:
     from PIL import Image
 
     from .data import read_image
-    from .train import load_model, predict
+    from .train import load_model, predict, prepare_output_folder
 
-    out = Path(args.out)
     stems = [Path(p).stem for p in args.images]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
@@ -173,8 +188,9 @@ def _predict(args) -> int:
         if not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {path}")
     model, config = load_model(args.checkpoint, args.device)
+    out = prepare_output_folder(args.out, "--out")
+    _refuse_to_overwrite(args.images, [out / f"{stem}.png" for stem in stems], args.overwrite)
     in_channels = model.in_channels
-    out.mkdir(parents=True, exist_ok=True)
     for path, stem in zip(args.images, stems):
         image = read_image(path, color="gray" if in_channels == 1 else "keep")
         if image.shape[0] != in_channels:
@@ -192,6 +208,22 @@ def _predict(args) -> int:
     return 0
 
 
+def _refuse_to_overwrite(images: Sequence[str], targets: Sequence[Path], overwrite: bool) -> None:
+    """Predicted masks must never replace an input image, nor (without --overwrite) any file."""
+    inputs = {Path(p).resolve() for p in images}
+    for image, target in zip(images, targets):
+        if target.resolve() in inputs:
+            raise ValueError(f"the mask of {image} would be written to {target}, which is an input image; "
+                             "choose another --out (masks are named NAME.png)")
+    for image, target in zip(images, targets):
+        if target.is_dir():
+            raise ValueError(f"the mask of {image} would be written to {target}, which is a folder; "
+                             "choose another --out")
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise ValueError(f"{target} already exists and would be replaced by the mask of {image}; "
+                             "choose another --out, or pass --overwrite to replace it")
+
+
 def _evaluate(args) -> int:
     from .data import load_folder
     from .device import resolve_device, speed_settings
@@ -206,7 +238,8 @@ def _evaluate(args) -> int:
         folder = Path(args.data)
         if not folder.is_dir():
             raise FileNotFoundError(f"data folder not found: {folder} (expected {folder}/images and {folder}/masks)")
-        images = load_folder(folder, color="gray" if model.in_channels == 1 else "keep")
+        images = load_folder(folder, color="gray" if model.in_channels == 1 else "keep",
+                             mask_type=args.masks or config.masks, log=lambda line: print(line, file=sys.stderr))
     settings = speed_settings(resolve_device(args.device), amp=args.amp)
     metrics = evaluate(model, images, tile_size=args.tile, batch_size=args.batch_size,
                        amp=settings.amp, channels_last=settings.channels_last)
@@ -252,9 +285,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError, MemoryError) as exc:
         # DatasetError is a ValueError; FileNotFoundError/PermissionError are OSErrors.
-        # RuntimeError covers torch failures such as running out of memory.
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        # RuntimeError covers other torch failures.
+        if _is_out_of_memory(exc):
+            message = _out_of_memory_message(exc, args)
+        else:
+            message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA/MPS), the CPU allocator's RuntimeError, or numpy's MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _asked_size(text: str) -> Optional[str]:
+    """The allocation that failed, as the error message states it ("2.00 GiB"), if it does."""
+    found = re.search(r"(?:tried to allocate|unable to allocate)\s+([\d.]+\s*[KMGTP]?i?B)\b", text, re.I)
+    if found:
+        return found.group(1)
+    found = re.search(r"(?:tried to allocate|unable to allocate)\s+(\d+)\s*bytes", text, re.I)
+    if found:
+        return f"{int(found.group(1)) / 2**30:.2f} GiB"
+    return None
+
+
+def _out_of_memory_message(exc: BaseException, args) -> str:
+    """One line: what ran out, how much was asked for, and which flags to lower."""
+
+    def flag(name: str, value) -> str:
+        return f"{name} (now {value})" if value is not None else name
+
+    if args.command == "synthetic":
+        settings = [flag("--size", args.size), flag("--n", args.n)]
+    else:
+        settings = [flag("--batch-size", args.batch_size), flag("--tile", args.tile)]
+        if args.command == "train" and getattr(args, "data", None) in (None, "synthetic"):
+            settings.append(flag("--synthetic-size", args.synthetic_size))
+    asked = _asked_size(str(exc))
+    asked = f" (asked for {asked})" if asked else ""
+    return (f"out of memory during {args.command}{asked}; lower "
+            f"{', '.join(settings[:-1])} or {settings[-1]} and try again")

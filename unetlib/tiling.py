@@ -199,6 +199,9 @@ def plan_tiles(
     of output pixels discarded on each side of a tile (default: none for a valid net with
     transposed convolutions, ``2**depth`` with bilinear upsampling, about half the valid
     context for a same-padding net; rounded up to a multiple of ``2**depth``).
+    A given ``tile_size`` larger than needed to cover ``image_size`` with one tile is lowered
+    to the smallest valid tile that still does (a huge tile on a small image would only
+    allocate a huge, mostly mirrored, buffer; for valid padding the result is the same).
     Raises ValueError when ``tile_size`` is not a valid input size for the model.
     """
     align = _model_align(model)
@@ -220,6 +223,37 @@ def plan_tiles(
             if image_size is not None:
                 tile_size = min(tile_size, math.ceil((max(image_size) + 2 * default_margin) / align) * align)
             tile_size = max(tile_size, 2 * default_margin + align)
+    else:
+        plan = _plan_for(model, tile_size, margin, align)
+        if image_size is not None and plan.stride >= max(image_size):
+            plan = _smallest_covering_plan(model, plan, max(image_size), margin, align)
+        return plan
+    return _plan_for(model, tile_size, margin, align)
+
+
+def _smallest_covering_plan(model: nn.Module, plan: TilePlan, need: int, margin: Optional[int], align: int
+                            ) -> TilePlan:
+    """The plan with the smallest tile whose kept block (stride) still covers ``need`` px."""
+    if plan.out_size == plan.tile_size and margin is None:
+        # same padding: keep the margin the big tile had, so the kept pixels stay as far from
+        # a tile edge (a smaller tile would otherwise shrink its default margin)
+        margin = min(_default_margin(model, align), ((plan.tile_size - align) // 2 // align) * align)
+    # stride <= output <= tile, so no tile below `need` can do; the search ends within about
+    # one context + 2 alignments above it.
+    for size in range(max(1, need), plan.tile_size):
+        if not _is_valid_tile(model, size):
+            continue
+        try:
+            candidate = _plan_for(model, size, margin, align)
+        except ValueError:  # too small for the alignment or the margin
+            continue
+        if candidate.stride >= need:
+            return candidate
+    return plan
+
+
+def _plan_for(model: nn.Module, tile_size, margin: Optional[int], align: int) -> TilePlan:
+    """The :class:`TilePlan` for one given tile size (margin already rounded to ``align``)."""
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
     tile_size = int(tile_size)

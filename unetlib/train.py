@@ -48,6 +48,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -59,7 +60,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (capture_rng_state, load_checkpoint, remove_stale_temp_files, restore_rng_state,
+                         save_checkpoint)
 from .device import SpeedSettings, autocast_context, resolve_device, set_cpu_threads, speed_settings
 from .tiling import predict_tiled
 from .utils import seed_everything
@@ -76,6 +78,7 @@ __all__ = [
     "load_model",
     "load_sources",
     "default_tile",
+    "prepare_output_folder",
     "CHECKPOINT_FORMAT",
 ]
 
@@ -84,6 +87,7 @@ PADDINGS = ("valid", "same")
 UP_MODES = ("transpose", "bilinear")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
+MASK_CHOICES = ("auto", "binary", "instances", "classes")
 LOSS_CHOICES_HELP = ("loss: ce, wce (paper weight map), dice, focal or a sum such as wce+dice "
                      "(default wce+dice)")
 
@@ -95,9 +99,12 @@ LOSS_CHOICES_HELP = ("loss: ce, wce (paper weight map), dice, focal or a sum suc
 class TrainConfig:
     """Everything that defines a training run (stored in every checkpoint as a dict).
 
-    Data: ``data`` = "synthetic" or a folder with ``images/`` and ``masks/``; ``val_data`` a
-    second folder (or "synthetic") for validation; otherwise ``val_fraction`` of the folder's
-    images (at least one) or ``synthetic_val_images`` fresh synthetic images are held out.
+    Data: ``data`` = "synthetic" or a folder with ``images/`` and ``masks/`` (stored as an
+    absolute path by :func:`fit`); ``val_data`` a second folder (or "synthetic") for
+    validation; otherwise ``val_fraction`` of the folder's images (at least one) or
+    ``synthetic_val_images`` fresh synthetic images are held out. ``masks`` says how folder
+    masks are read: "auto" (binary or instance ids; refuses masks that may be class ids),
+    "binary", "instances" or "classes" (one output class per mask value).
     Model: a :class:`unetlib.models.UNet` with ``base_channels``, ``depth``, ``padding``,
     ``up_mode``, ``batch_norm``, ``dropout``; ``tile`` is the input tile size (None = a
     default for the depth/padding, see :func:`default_tile`).
@@ -142,6 +149,7 @@ class TrainConfig:
     synthetic_size: int = 256
     grad_clip: float = 0.0
     eval_batch_size: int = 4
+    masks: str = "auto"
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError/TypeError naming the first bad field; return self."""
@@ -160,9 +168,15 @@ class TrainConfig:
         if self.num_workers is not None:
             positive_int("num_workers", 0)
         for name, choices in (("padding", PADDINGS), ("up_mode", UP_MODES),
-                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("masks", MASK_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        from .shapes import check_depth
+
+        try:
+            check_depth(self.depth, self.padding)   # before any size search or layer is built
+        except ValueError as error:
+            raise ValueError(f"--depth {self.depth}: {error}") from None
         for name in ("lr", "sigma"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -179,6 +193,8 @@ class TrainConfig:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
         if not isinstance(self.data, str) or not self.data:
             raise ValueError("--data must be 'synthetic' or a folder with images/ and masks/")
+        if self.out is not None and not str(self.out).strip():
+            raise ValueError("--out is empty; give the run folder to write to, e.g. --out runs/demo")
         from .losses import make_loss
 
         make_loss(self.loss)  # raises ValueError listing the valid names
@@ -233,6 +249,79 @@ def default_tile(depth: int, padding: str = "valid") -> int:
     while unet_output_size(size, depth, padding) < 100:
         size = nearest_valid_input_size(size + 1, depth, padding)[1]
     return size
+
+
+# =====================================================================================
+# Run folders and checkpoints
+# =====================================================================================
+def prepare_output_folder(path, flag: str = "--out") -> Path:
+    """Create the folder ``path`` (with parents) and make sure files can be written there.
+
+    Raises ValueError saying what is wrong with ``flag`` and what to do (empty, an existing
+    file, a parent that is a file, no permission, read-only disk) instead of a bare OSError.
+    """
+    if path is None or not str(path).strip():
+        raise ValueError(f"{flag} is empty; give the folder to write to, e.g. {flag} runs/demo")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is an existing file, not a folder; give a folder path "
+                         f"(it is created if missing), or move the file away")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), folder.parent)
+        raise ValueError(f"{flag} {folder}: cannot create this folder because {blocker} is a file, not a "
+                         f"folder; choose another {flag}") from None
+    except OSError as exc:  # permission denied, operation not permitted, read-only file system
+        raise ValueError(f"{flag} {folder}: cannot create this folder ({exc.strerror or type(exc).__name__}); "
+                         f"choose a {flag} folder you can write to, or fix the permissions") from None
+    try:  # a folder can exist and still refuse new files
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {folder}: cannot write files into this folder ({exc.strerror or type(exc).__name__}); "
+                         f"choose a {flag} folder you can write to, or fix the permissions") from None
+    return folder
+
+
+def _absolute_data(spec: Optional[str]) -> Optional[str]:
+    """A data folder as an absolute path ("synthetic" and None unchanged), so a run can be
+    resumed or evaluated from any working directory."""
+    if not isinstance(spec, str) or spec in ("", "synthetic"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+def same_data(a: Optional[str], b: Optional[str]) -> bool:
+    """Whether two ``--data`` values name the same thing (paths compared once resolved)."""
+    return _absolute_data(a) == _absolute_data(b)
+
+
+_RESUME_KEYS = ("model", "model_args", "optimizer", "scheduler", "rng", "history", "epoch", "step_in_epoch",
+                "global_step", "epoch_progress", "best_metric", "best_epoch")
+
+
+def _load_train_checkpoint(path, needed: Sequence[str] = ("model", "model_args")) -> tuple[dict, TrainConfig]:
+    """Load a checkpoint written by :func:`fit` and its config; ValueError naming the file if it
+    is not one (wrong format, missing entries, a config unetlib cannot read)."""
+    state = load_checkpoint(path) if not isinstance(path, dict) else path
+    where = "checkpoint" if isinstance(path, dict) else str(path)
+    usual = "use best.pt or last.pt written by `python -m unetlib train` (or unetlib.train.fit)"
+    if state.get("format") != CHECKPOINT_FORMAT:
+        bare = bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+        hint = (" (it looks like a bare model state_dict: build the network yourself and call "
+                "load_state_dict)") if bare else ""
+        raise ValueError(f"{where} is not a unetlib training checkpoint (no '{CHECKPOINT_FORMAT}' marker)"
+                         f"{hint}; {usual}")
+    missing = [key for key in ("config", *needed) if key not in state]
+    if missing:
+        raise ValueError(f"{where} is not a complete unetlib training checkpoint: it has no "
+                         f"{', '.join(repr(k) for k in missing)} entry; {usual}")
+    try:
+        config = TrainConfig.from_dict(dict(state["config"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: its stored 'config' is not a unetlib TrainConfig ({exc}); {usual}") from None
+    return state, config
 
 
 # =====================================================================================
@@ -323,7 +412,7 @@ def load_sources(config: TrainConfig, log: Callable[[str], None] = print) -> tup
             raise DatasetError(f"data folder not found: {path} (expected {path}/images and {path}/masks, or 'synthetic')")
         if not path.is_dir():
             raise DatasetError(f"--data {path} is a file; pass a folder with images/ and masks/ inside")
-        return load_folder(path, color="gray")
+        return load_folder(path, color="gray", mask_type=config.masks, log=log)
 
     train = load(config.data)
     if config.val_data is not None:
@@ -353,6 +442,44 @@ def load_sources(config: TrainConfig, log: Callable[[str], None] = print) -> tup
         val = []
         log("validation: none (--val-fraction 0); best.pt follows the training loss")
     return train, val
+
+
+def _num_classes(*source_lists) -> int:
+    """Output classes the data needs: 2 (background, cell) unless class masks have more."""
+    counts = [getattr(item, "num_classes", 2) for sources in source_lists
+              if not isinstance(sources, Dataset) for item in (sources or [])]
+    return max([2, *counts])
+
+
+def _check_images_fit_tile(sources, tile: int, out_size: int, config: Optional["TrainConfig"]) -> None:
+    """Refuse training images smaller than the label tile, naming a --tile that works.
+
+    ``config`` describes the U-Net (None for a network passed to fit(): then no size is named).
+    """
+    from .data import DatasetError, LabeledImage
+
+    if not sources or not all(isinstance(s, LabeledImage) for s in sources):
+        return  # TileDataset explains what it needs
+    small = min(sources, key=lambda s: min(s.shape))
+    side = min(small.shape)
+    if side >= out_size:
+        return
+    hint = "use a smaller --tile, or larger images"
+    if config is not None:
+        from .shapes import nearest_valid_input_size, unet_output_size
+
+        lost = tile - out_size  # the context a valid U-Net needs (0 for same padding)
+        fitting = nearest_valid_input_size(side + lost, config.depth, config.padding)[0]
+        if fitting is not None and unet_output_size(fitting, config.depth, config.padding) <= side:
+            hint = (f"use --tile {fitting} or smaller (its label tile is "
+                    f"{unet_output_size(fitting, config.depth, config.padding)} px), or larger images")
+        else:
+            smallest = nearest_valid_input_size(1, config.depth, config.padding)[1]
+            hint = (f"even the smallest tile ({smallest}) predicts "
+                    f"{unet_output_size(smallest, config.depth, config.padding)} px: use a smaller --depth, "
+                    "or larger images")
+    raise DatasetError(f"{small.name}: image is {small.shape[0]}x{small.shape[1]} px, smaller than the "
+                       f"{out_size} px label tile of --tile {tile}; {hint}")
 
 
 def _whole_images(dataset) -> Iterable[dict]:
@@ -524,15 +651,18 @@ def load_model(checkpoint: "str | os.PathLike | dict", device: "str | torch.devi
     Returns ``(model, config)``. Raises FileNotFoundError / ValueError for a missing or
     foreign file.
     """
-    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
-        raise ValueError(f"{checkpoint} is not a unetlib training checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    state, config = _load_train_checkpoint(checkpoint)
+    where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
     if state.get("model_class", "UNet") != "UNet":
-        raise ValueError(f"{checkpoint} holds a {state['model_class']}, not a UNet; build that model yourself "
+        raise ValueError(f"{where} holds a {state['model_class']}, not a UNet; build that model yourself "
                          "and load_state_dict(state['model'])")
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config, **state["model_args"])
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(config, **dict(state["model_args"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{where}: its weights do not fit the network its config describes ({first}); "
+                         "was the file edited or written by another program?") from None
     return model.to(resolve_device(device)).eval(), config
 
 
@@ -681,7 +811,7 @@ def fit(
             ``{"event": "step", "epoch", "step", "loss", "lr"}`` and after every epoch with
             ``{"event": "epoch", **record}``. Raising KeyboardInterrupt stops training cleanly
             (checkpoint written if ``config.out``; :class:`TrainingInterrupted` is raised).
-        progress: show a tqdm bar per epoch.
+        progress: show a tqdm bar per epoch (in a notebook or on a terminal; not in a log file).
         resume: continue the run in ``config.out`` from its ``last.pt``; the stored config is
             used (fields given in ``config`` must match it, except device/num_workers).
         overwrite: allow starting a new run in an ``out`` folder that already has one.
@@ -696,7 +826,9 @@ def fit(
     from .losses import make_loss
 
     config = dataclasses.replace(config) if config is not None else TrainConfig()
-    run_dir = Path(config.out) if config.out else None
+    if config.out is not None and not str(config.out).strip():  # '' must not mean "save nothing"
+        raise ValueError("--out is empty; give the run folder to write to, e.g. --out runs/demo")
+    run_dir = Path(config.out) if config.out is not None else None
     state = None
     if resume:
         if run_dir is None:
@@ -704,16 +836,22 @@ def fit(
         ckpt = run_dir / "last.pt"
         if not ckpt.is_file():
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
-        state = load_checkpoint(ckpt)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt} is not a unetlib training checkpoint")
-        stored = TrainConfig.from_dict(state["config"])
+        state, stored = _load_train_checkpoint(ckpt, needed=_RESUME_KEYS)
         config = dataclasses.replace(stored, out=config.out, device=config.device,
                                      num_workers=config.num_workers)
-    elif run_dir is not None and (run_dir / "last.pt").exists() and not overwrite:
-        raise ValueError(f"{run_dir} already holds a run (last.pt); use --resume to continue it "
-                         "or choose another --out")
+    else:
+        if run_dir is not None and (run_dir / "last.pt").exists() and not overwrite:
+            raise ValueError(f"{run_dir} already holds a run (last.pt); use --resume to continue it "
+                             "or choose another --out")
+        # Absolute, so --resume and evaluate work from any working directory.
+        config.data, config.val_data = _absolute_data(config.data), _absolute_data(config.val_data)
     config.validate()
+    if run_dir is not None:
+        prepare_output_folder(run_dir)  # before the (slow) data loading, with a clear message
+        stale = remove_stale_temp_files(run_dir)  # left by a run killed while saving
+        if stale:
+            log(f"removed {len(stale)} stale checkpoint temp file(s) from {run_dir}: "
+                f"{', '.join(p.name for p in stale)}")
 
     device = resolve_device(config.device)
     settings = speed_settings(device, amp=config.amp, channels_last=config.channels_last)
@@ -740,7 +878,8 @@ def fit(
         if len(sources_train) == 0:
             raise ValueError("no training images")
         in_channels = int(sources_train[0].image.shape[0])
-    model_args = {"in_channels": in_channels, "num_classes": 2}
+    model_args = {"in_channels": in_channels, "num_classes": _num_classes(sources_train, sources_val)}
+    built_here = model is None
     if model is None:
         model = build_model(config, **model_args)
     elif hasattr(model, "in_channels"):
@@ -753,6 +892,7 @@ def fit(
     if isinstance(sources_train, Dataset):
         train_set = sources_train
     else:
+        _check_images_fit_tile(sources_train, tile, out_size, config if built_here else None)
         augment = None
         if config.elastic:
             from .augment import ElasticAugment
@@ -823,7 +963,9 @@ def fit(
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=config.steps_per_epoch, initial=skip_steps,
+                # disable=None: no bar when stderr is not a terminal (a log file would fill up with
+                # the bar's carriage-return redraws); the per-epoch line is printed either way.
+                bar = tqdm(total=config.steps_per_epoch, initial=skip_steps, disable=None,
                            desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
             step_in_epoch = skip_steps
             skip_steps = 0

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..weights import balanced_class_weights, weight_map
-from .io import DatasetError, LabeledImage
+from .io import DatasetError, LabeledImage, instances_to_classes
 
 __all__ = [
     "TileDataset",
@@ -104,11 +104,12 @@ def _check_sources(sources: Sequence[LabeledImage]) -> list[LabeledImage]:
     return sources
 
 
-def _to_item(image, instances, weight) -> dict:
+def _to_item(image, instances, weight, instance_classes=None) -> dict:
     instances = np.ascontiguousarray(instances)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-        "mask": torch.from_numpy((instances > 0).astype(np.int64)),
+        # class 1 = cell for binary masks; class masks map each instance to its class
+        "mask": torch.from_numpy(instances_to_classes(instances, instance_classes)),
         "weight": torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)),
         "instances": torch.from_numpy(instances.astype(np.int32)),
     }
@@ -258,7 +259,7 @@ class TileDataset(_TileBase):
         else:
             image, instances, weight = self._crop_augmented(k, y0, x0, rng)
         image, instances, weight = self._flip_rotate(rng, image, instances, weight)
-        return _to_item(image, instances, weight)
+        return _to_item(image, instances, weight, self.sources[k].instance_classes)
 
     def _flip_rotate(self, rng, image, instances, weight):
         if self.flips:
@@ -367,7 +368,7 @@ class GridTileDataset(_TileBase):
 
     def __getitem__(self, index: int) -> dict:
         k, y0, x0 = self.positions[index]
-        item = _to_item(*self._crop(k, y0, x0))
+        item = _to_item(*self._crop(k, y0, x0), self.sources[k].instance_classes)
         item["source"] = k
         item["position"] = torch.tensor([y0, x0], dtype=torch.int64)
         return item
@@ -400,7 +401,7 @@ class WholeImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.sources[index]
-        item = _to_item(s.image, s.instances, self._weights[index])
+        item = _to_item(s.image, s.instances, self._weights[index], s.instance_classes)
         item["name"] = s.name
         return item
 

@@ -142,6 +142,7 @@ class UNet(nn.Module):
             raise ValueError(f"padding must be one of {shapes.PADDINGS}, got {padding!r}")
         if up_mode not in shapes.UP_MODES:
             raise ValueError(f"up_mode must be one of {shapes.UP_MODES}, got {up_mode!r}")
+        shapes.check_depth(depth, padding)   # refuse before allocating 2**depth-wide layers
         if not isinstance(batch_norm, bool):
             raise TypeError(f"batch_norm must be a bool, got {batch_norm!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
