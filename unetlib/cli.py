@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a U-Net (writes history.csv/json, best.pt, last.pt)",
                         description="Train a U-Net. Defaults reach foreground IoU >= 0.9 on synthetic cells "
                                     "in about 3 CPU minutes.")
-    tr.add_argument("--data", help="'synthetic' (default) or a folder with images/ and masks/")
+    tr.add_argument("--data", help="'synthetic' (default), 'isbi2012' (the paper's EM slices, downloaded once and "
+                                   "verified; $UNETLIB_DATA_DIR/isbi2012 if present) or a folder with images/ and masks/")
     tr.add_argument("--out", help="run folder (default: runs/YYYYmmdd-HHMMSS)")
     tr.add_argument("--val-data", help="separate validation folder (default: hold out part of --data)")
     tr.add_argument("--val-fraction", type=float, help="fraction of folder images held out (default 0.2)")
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Print IoU, Dice, pixel/Rand error and object counts as JSON on stdout.")
     ev.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
     ev.add_argument("--data", required=True,
-                    help="folder with images/ and masks/, or 'synthetic' (the run's held-out synthetic images)")
+                    help="folder with images/ and masks/, 'synthetic' (the run's held-out synthetic images) or "
+                         "'isbi2012' (its held-out test slices 25-29, with the challenge's threshold-swept scores)")
     ev.add_argument("--tile", type=int, help="inference tile size (default: chosen from the network)")
     ev.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     ev.add_argument("--masks", choices=MASK_CHOICES, help="how the masks are read (default: as in training)")
@@ -234,6 +236,11 @@ def _evaluate(args) -> int:
         seed = _synthetic_val_seed(config.seed)
         images = _normalised_synthetic(config.synthetic_val_images or 4, config.synthetic_size, seed)
         print(f"evaluating on {len(images)} held-out synthetic images (seed {seed})", file=sys.stderr)
+    elif args.data == "isbi2012":
+        from .data import isbi2012, isbi2012_split
+
+        images = isbi2012_split(isbi2012())[2]
+        print("evaluating on the 5 held-out ISBI 2012 test slices 25-29", file=sys.stderr)
     else:
         folder = Path(args.data)
         if not folder.is_dir():
@@ -243,8 +250,28 @@ def _evaluate(args) -> int:
     settings = speed_settings(resolve_device(args.device), amp=args.amp)
     metrics = evaluate(model, images, tile_size=args.tile, batch_size=args.batch_size,
                        amp=settings.amp, channels_last=settings.channels_last)
+    if args.data == "isbi2012":
+        # Threshold sweeps of the probability map, as the challenge scored; not the argmax errors above.
+        metrics["isbi_challenge"] = _isbi_challenge_scores(model, images, args, settings)
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _isbi_challenge_scores(model, images, args, settings) -> dict:
+    """ISBI 2012 pixel and Rand errors of the P(cell) maps over the 0.0..1.0 threshold sweep."""
+    import numpy as np
+
+    from .isbi_scoring import isbi_scores
+    from .tiling import predict_tiled
+
+    probs = []
+    for item in images:
+        p = predict_tiled(model, item.image, args.tile, batch_size=args.batch_size, amp=settings.amp,
+                          channels_last=settings.channels_last, output="probs")
+        probs.append((p[1] if p.shape[0] > 1 else p[0]).numpy())
+    scores = isbi_scores(np.stack(probs), np.stack([item.instances > 0 for item in images]))
+    scores.pop("per_threshold")
+    return scores
 
 
 def _synthetic(args) -> int:

@@ -84,6 +84,8 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "unetlib-train-v1"
 PADDINGS = ("valid", "same")
+# ``--data`` names that are datasets, not folders.
+NAMED_DATASETS = ("synthetic", "isbi2012")
 UP_MODES = ("transpose", "bilinear")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -99,7 +101,8 @@ LOSS_CHOICES_HELP = ("loss: ce, wce (paper weight map), dice, focal or a sum suc
 class TrainConfig:
     """Everything that defines a training run (stored in every checkpoint as a dict).
 
-    Data: ``data`` = "synthetic" or a folder with ``images/`` and ``masks/`` (stored as an
+    Data: ``data`` = "synthetic", "isbi2012" (the paper's EM slices 0-24; 25-29 stay
+    held out for testing) or a folder with ``images/`` and ``masks/`` (stored as an
     absolute path by :func:`fit`); ``val_data`` a second folder (or "synthetic") for
     validation; otherwise ``val_fraction`` of the folder's images (at least one) or
     ``synthetic_val_images`` fresh synthetic images are held out. ``masks`` says how folder
@@ -209,6 +212,9 @@ class TrainConfig:
                 f"--tile {tile} is not a valid input size for a depth-{self.depth} {self.padding} U-Net; "
                 f"nearest valid sizes are {nearest}"
             )
+        if self.data == "isbi2012" and unet_output_size(tile, self.depth, self.padding) > 512:
+            raise ValueError(f"--tile {tile} predicts {unet_output_size(tile, self.depth, self.padding)} px, more "
+                             "than the 512 px ISBI 2012 slices; use a smaller --tile")
         if self.data == "synthetic" and unet_output_size(tile, self.depth, self.padding) > self.synthetic_size:
             raise ValueError(
                 f"--tile {tile} predicts {unet_output_size(tile, self.depth, self.padding)} px, more than the "
@@ -287,7 +293,7 @@ def prepare_output_folder(path, flag: str = "--out") -> Path:
 def _absolute_data(spec: Optional[str]) -> Optional[str]:
     """A data folder as an absolute path ("synthetic" and None unchanged), so a run can be
     resumed or evaluated from any working directory."""
-    if not isinstance(spec, str) or spec in ("", "synthetic"):
+    if not isinstance(spec, str) or spec in ("", *NAMED_DATASETS):
         return spec
     return str(Path(spec).expanduser().resolve())
 
@@ -397,12 +403,30 @@ def _synthetic_val_seed(seed: int) -> int:
     return seed + 1_000_003  # a different stream: validation images never appear in training
 
 
+def _isbi2012_sources(config: TrainConfig, log: Callable[[str], None]) -> tuple[list, list]:
+    """Slices 0-24 of ISBI 2012 for training and validation, as contiguous blocks: neighbouring
+    sections show the same cells, so a random split would validate on near-copies."""
+    from .data import DatasetError, isbi2012, isbi2012_split
+
+    if config.val_data is not None:
+        raise DatasetError("--data isbi2012 holds out its own validation slices; omit --val-data")
+    n_val = 0 if config.val_fraction == 0 else min(24, max(1, round(config.val_fraction * 25)))
+    train, val, _test = isbi2012_split(isbi2012(), val_slices=n_val)
+    log(f"ISBI 2012: training on slices 0-{len(train) - 1}, validation "
+        f"{f'slices {len(train)}-24' if val else 'none'}; slices 25-29 are the test set "
+        "(python -m unetlib evaluate --data isbi2012)")
+    return train, val
+
+
 def load_sources(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[list, list]:
     """Training and validation images (lists of :class:`unetlib.data.LabeledImage`).
 
     Prints one line saying where the validation images come from.
     """
     from .data import DatasetError, load_folder, split_holdout
+
+    if config.data == "isbi2012":
+        return _isbi2012_sources(config, log)
 
     def load(spec: str) -> list:
         if spec == "synthetic":
