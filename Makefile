@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Two pytest workers match CI's two cores; loadfile keeps each notebook in one kernel.
 PYTEST_WORKERS ?= 2
+# Extra pytest options, e.g. make test PYTEST_ARGS='--durations=20 -x'
+PYTEST_ARGS ?=
 
 # The same computation an AVX2-only CPU without bf16 does (most laptops and CI runners), on any
 # x86-64 machine: PyTorch's and oneDNN's kernels capped at AVX2, and float32 instead of bf16.
@@ -15,7 +17,7 @@ PORTABLE_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 UNETLIB_CPU_BF1
 PYTEST_ALL = $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
 	--nbval --nbval-current-env --nbval-cell-timeout=1200 \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg \
-	tests notebooks solutions
+	$(PYTEST_ARGS) tests notebooks solutions
 
 .PHONY: lab test test-portable env exercises notebooks bench clean help
 

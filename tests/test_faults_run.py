@@ -16,21 +16,17 @@ from unetlib.cli import main
 from unetlib.data import make_synthetic_dataset
 from unetlib.train import TrainConfig, TrainingInterrupted, fit, load_model
 
+import test_train as _train_tests
+from test_train import quiet_fit
+
 TINY = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--tile", "60",
         "--base-channels", "4", "--depth", "2", "--synthetic-images", "2", "--synthetic-val-images", "1",
         "--synthetic-size", "64", "--device", "cpu", "--no-amp"]
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    values = dict(epochs=1, steps_per_epoch=1, batch_size=2, tile=60, base_channels=4, depth=2,
-                  synthetic_images=2, synthetic_val_images=1, synthetic_size=64, device="cpu",
-                  amp=False, seed=0, eval_batch_size=2)
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def quiet_fit(config, **kwargs):
-    return fit(config, progress=False, log=lambda line: None, **kwargs)
+    """test_train's tiny run, cut to a single step."""
+    return _train_tests.tiny_config(**{"epochs": 1, "steps_per_epoch": 1, "seed": 0, **overrides})
 
 
 def run(argv, capsys):
