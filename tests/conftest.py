@@ -8,6 +8,10 @@ import os
 
 import torch
 
+# Lessons check their training claims with unetlib.claims.expect: a notice for a learner, a hard
+# failure here. The kernels nbval and the exercise tests start inherit this environment.
+os.environ["UNETLIB_STRICT_CLAIMS"] = "1"
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The environment variable reaches what the worker starts: the notebook kernels of nbval
     # and the CLI subprocesses, where unetlib.device.set_cpu_threads() honours it.
