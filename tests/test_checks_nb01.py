@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.functional import conv2d as imported_conv2d  # bound before any check runs
 
 from unetlib.checks import (
     CheckError,
@@ -129,6 +130,42 @@ def test_conv2d_crash_names_the_case_and_the_learner_line():
         check_conv2d(conv2d)
 
 
+def _conv2d_with_a_layer(x, w, stride=1, padding=0):
+    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        return conv(x[None])[0]
+
+
+@pytest.mark.parametrize(
+    "learner",
+    [
+        lambda x, w, stride=1, padding=0: F.conv2d(x[None], w, stride=stride, padding=padding)[0],
+        lambda x, w, stride=1, padding=0: torch.nn.functional.conv2d(x, w, stride=stride, padding=padding),
+        lambda x, w, stride=1, padding=0: torch.conv2d(x[None], w, None, stride, padding)[0],
+        lambda x, w, stride=1, padding=0: imported_conv2d(x, w, stride=stride, padding=padding),
+        _conv2d_with_a_layer,
+    ],
+    ids=["F.conv2d", "torch.nn.functional.conv2d", "torch.conv2d", "imported-before", "nn.Conv2d"],
+)
+def test_conv2d_refuses_torchs_own_convolution(learner):
+    with pytest.raises(CheckError, match=r"is wrong: it was computed with torch's own F\.conv2d, not by hand\."
+                                         r"\n.*Likely mistake: you called F\.conv2d .*build it by hand: loop over "
+                                         r"the output pixels \(or use unfold\).*F\.conv2d comes afterwards"):
+        check_conv2d(learner)
+
+
+def test_conv2d_by_hand_check_watches_only_the_learner(capsys):
+    # After a refused or crashing answer no watcher stays active, and a hand-written one passes.
+    with pytest.raises(CheckError, match="not by hand"):
+        check_conv2d(lambda x, w, stride=1, padding=0: F.conv2d(x, w, stride=stride, padding=padding))
+    with pytest.raises(CheckError, match="raised ZeroDivisionError"):
+        check_conv2d(lambda x, w, stride=1, padding=0: 1 / 0)
+    assert torch._C._len_torch_function_stack() == 0
+    check_conv2d(loop_conv2d)
+    assert capsys.readouterr().out.strip() == "\u2705 Task 1 conv2d: all 5 cases passed."
+
+
 # ------------------------------------------------------------------ learner-style transposed conv
 def loop_conv_transpose2d(
     x, w, stride=1, padding=0, output_padding=0, *, flip=False, use_stride=True, use_output_padding=True,
@@ -222,6 +259,44 @@ def test_conv_transpose2d_channels_kept_apart_is_named_once_there_are_channels()
         return torch.stack(per_channel) if len(per_channel) > 1 else per_channel[0]  # one result per input channel
 
     with pytest.raises(CheckError, match=r"case '2 input channels -> 3 output channels, 3x2 kernel'(.|\n)*channels not summed"):
+        check_conv_transpose2d(learner)
+
+
+def _conv_transpose2d_with_a_layer(x, w, stride=1, padding=0, output_padding=0):
+    layer = torch.nn.ConvTranspose2d(w.shape[0], w.shape[1], tuple(w.shape[2:]), stride=stride, padding=padding,
+                                     output_padding=output_padding, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        return layer(x[None])[0]
+
+
+def _conv_transpose2d_as_zero_stuffed_conv2d(x, w, stride=1, padding=0, output_padding=0):
+    """The textbook equivalent: spread the input with zeros, pad k - 1 - p, convolve with the flipped kernel."""
+    c_in, h, width = x.shape
+    kh, kw = w.shape[2:]
+    spread = torch.zeros(c_in, (h - 1) * stride + 1, (width - 1) * stride + 1)
+    spread[:, ::stride, ::stride] = x
+    spread = F.pad(spread, (kw - 1 - padding, kw - 1 - padding + output_padding,
+                            kh - 1 - padding, kh - 1 - padding + output_padding))
+    return F.conv2d(spread[None], w.transpose(0, 1).flip(-2, -1))[0]
+
+
+@pytest.mark.parametrize(
+    "learner, called",
+    [
+        (lambda x, w, stride=1, padding=0, output_padding=0: F.conv_transpose2d(
+            x[None], w, stride=stride, padding=padding, output_padding=output_padding)[0], "F.conv_transpose2d"),
+        (lambda x, w, stride=1, padding=0, output_padding=0: torch.conv_transpose2d(
+            x, w, None, stride, padding, output_padding), "F.conv_transpose2d"),
+        (_conv_transpose2d_with_a_layer, "F.conv_transpose2d"),
+        (_conv_transpose2d_as_zero_stuffed_conv2d, "F.conv2d"),
+    ],
+    ids=["F.conv_transpose2d", "torch.conv_transpose2d", "nn.ConvTranspose2d", "zero-stuffed-F.conv2d"],
+)
+def test_conv_transpose2d_refuses_torchs_own_convolution(learner, called):
+    with pytest.raises(CheckError, match=rf"computed with torch's own {called}, not by hand\.\n.*Likely mistake: "
+                                         rf"you called {called} .*build it by hand: loop over the input pixels"
+                                         r".*F\.conv_transpose2d comes afterwards"):
         check_conv_transpose2d(learner)
 
 

@@ -5,6 +5,8 @@ Each correct implementation here is written independently of the checker's refer
 wrong one is a mistake a learner plausibly makes. A wrong answer must be rejected with a
 CheckError whose message names the misconception.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -207,6 +209,24 @@ def _crop_centre(x, h, w):
 def test_fuse_additive_names_the_mistake(wrong, misconception):
     with pytest.raises(CheckError, match=misconception):
         check_fuse_additive(wrong)
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [lambda d: math.ceil(d / 2), lambda d: d - d // 2, lambda d: round(d / 2)],
+    ids=["ceil", "d_minus_half", "round_half_even"],
+)
+def test_fuse_additive_names_a_crop_offset_rounded_the_wrong_way(offset):
+    """Offsets that agree with d // 2 for even d but not for odd d (round() only on some axes)."""
+
+    def fuse(coarse_scores, skip_scores, upsample=None, skip_scale=1.0):
+        up = upsample(coarse_scores) if upsample is not None else _bilinear(coarse_scores)
+        h, w = up.shape[-2:]
+        top, left = offset(skip_scores.shape[-2] - h), offset(skip_scores.shape[-1] - w)
+        return up + skip_scale * skip_scores[:, :, top:top + h, left:left + w]
+
+    with pytest.raises(CheckError, match=r"odd size difference(.|\n)*rounds the wrong way for an odd difference"):
+        check_fuse_additive(fuse)
 
 
 def test_fuse_additive_not_upsampled_at_all_reports_the_learner_line():

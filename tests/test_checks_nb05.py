@@ -68,6 +68,29 @@ def test_weighted_ce_names_the_misconception(wrong, misconception):
     assert misconception in str(info.value)
 
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-8, 1e-12, 3e-9], ids=["1e-6", "1e-8", "1e-12", "3e-9"])
+def test_weighted_ce_names_log_of_softmax_plus_eps(eps):
+    """The usual 'fix' for log(0): finite, but wrong for confidently wrong pixels (any eps)."""
+
+    def log_softmax_plus_eps(logits, target, weight):
+        probs = torch.softmax(logits, dim=1)
+        log_p = torch.log(probs + eps).gather(1, target[:, None])[:, 0]
+        return (-log_p * weight).mean()
+
+    with pytest.raises(CheckError, match=r"Likely mistake: you took log\(softmax\(x\) \+ eps\)(.|\n)*Use "
+                                         r"torch\.log_softmax(.|\n)*exact and stable for large logits"):
+        check_weighted_cross_entropy(log_softmax_plus_eps)
+
+
+def test_weighted_ce_names_probabilities_clamped_at_eps():
+    def clamped(logits, target, weight):
+        log_p = torch.log(torch.softmax(logits, dim=1).clamp(min=1e-7)).gather(1, target[:, None])[:, 0]
+        return (-log_p * weight).sum() / target.numel()
+
+    with pytest.raises(CheckError, match=r"clamped the probabilities at eps(.|\n)*Use torch\.log_softmax"):
+        check_weighted_cross_entropy(clamped)
+
+
 def test_weighted_ce_refuses_a_detached_loss_or_a_python_number():
     with pytest.raises(CheckError, match="no gradient"):
         check_weighted_cross_entropy(lambda l, t, w: wce_gather(l.detach(), t, w))
@@ -237,6 +260,28 @@ def test_stitching_names_the_misconception(kwargs, misconception):
     with pytest.raises(CheckError, match="Likely mistake") as info:
         check_stitching(wrong)
     assert misconception in str(info.value)
+
+
+def test_stitching_names_a_last_tile_clamped_inside_the_image():
+    """Moving the last tile back to H - tile_out is exact without pooling, not with it (odd origin)."""
+
+    def clamped(model, image, tile_in, tile_out):
+        _, h, w = image.shape
+        c = (tile_in - tile_out) // 2
+        padded = F.pad(image, (c, c, c, c), mode="reflect")  # no extra pad: no tile sticks out
+        result = None
+        for y in range(0, h, tile_out):
+            for x in range(0, w, tile_out):
+                y0, x0 = min(y, h - tile_out), min(x, w - tile_out)
+                out = model(padded[None, :, y0 : y0 + tile_in, x0 : x0 + tile_in])[0]
+                if result is None:
+                    result = torch.zeros((out.shape[0], h, w), dtype=out.dtype)
+                result[:, y0 : y0 + tile_out, x0 : x0 + tile_out] = out
+        return result
+
+    with pytest.raises(CheckError, match=r"1x29x27 image(.|\n)*moved the last tile back inside the image"
+                                         r"(.|\n)*2\*\*depth = 16 for a depth-4 U-Net"):
+        check_stitching(clamped)
 
 
 def test_stitching_batch_dimension_and_wrong_tile_size_are_explained():

@@ -2,7 +2,7 @@
 
 Every check compares the learner's function with PyTorch itself (``F.conv2d``,
 ``F.conv_transpose2d``, or the shape PyTorch produces for a layer), never with a second
-copy of a formula. When a case fails, a ``diagnose`` function recomputes the answers the
+copy of a formula. So tasks 1 and 2 refuse an answer that called those functions itself. When a case fails, a ``diagnose`` function recomputes the answers the
 typical misconceptions would give (kernel flipped, stride ignored, ``2p`` written as
 ``p``, ...) and names the one that matches what came back.
 
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from ._core import Case, run_check
+from ._core import Case, compare_values, run_check
 
 __all__ = [
     "check_conv2d",
@@ -109,6 +110,76 @@ def _make_diagnose(cases: list[Case], variants: list[tuple[str, Variant]], same:
 def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
     """Standard normal float32 tensor of ``shape`` drawn from ``generator``."""
     return torch.randn(*shape, generator=generator, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Tasks 1 and 2 must be done by hand: spot torch's own convolutions
+# ----------------------------------------------------------------------------------------
+# torch functions that compute a convolution: F.conv2d is torch.conv2d, nn.Conv2d calls it,
+# and torch.convolution / torch.ops.aten.* are the routes below it.
+_TORCH_CONVOLUTIONS = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "convolution", "_convolution",
+})
+
+
+class _ConvolutionSpy(TorchFunctionMode):
+    """While active, records which of torch's convolutions get called, by any route.
+
+    A torch function mode sees every torch call, also through a name imported earlier
+    (``from torch.nn.functional import conv2d``) or an ``nn.Conv2d`` layer, which patching
+    ``F.conv2d`` would miss. It only records: the learner's code runs unchanged.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.called: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "").split(".")[0]  # aten ops: "conv2d.default"
+        if name in _TORCH_CONVOLUTIONS and name not in self.called:
+            self.called.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _check_by_hand(task: str, fn: Callable, cases: list[Case], diagnose: Callable, *, reference: str, layer: str,
+                   how: str) -> None:
+    """run_check, failing any case whose answer came from torch's convolutions instead of by hand.
+
+    reference: the torch function the check compares with; layer: the nn layer that calls
+    it; how: how to build it by hand.
+    Only the learner's call is watched, so the check's own references and diagnoses can
+    use F.conv2d freely.
+    """
+    called: list[str] = []
+
+    def watched(*args, **kwargs):
+        called.clear()
+        with _ConvolutionSpy() as spy:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                called.extend(spy.called)
+
+    def compare(got, expected, atol, rtol):
+        if called:
+            return f"it was computed with torch's own {_torch_name(called[0])}, not by hand"
+        return compare_values(got, expected, atol, rtol)
+
+    def diagnose_by_hand(case: Case, got: Any) -> Optional[str]:
+        if called:
+            return (f"you called {_torch_name(called[0])} (directly, or through a layer such as {layer}). "
+                    f"The task is to build it by hand: {how}. {reference} comes afterwards: the check "
+                    "uses it to test your answer.")
+        return diagnose(case, got)
+
+    # Not callable: hand it over unwrapped, so run_check says so in its usual words.
+    run_check(task, watched if callable(fn) else fn, cases, diagnose=diagnose_by_hand, compare=compare)
+
+
+def _torch_name(name: str) -> str:
+    """How a learner most likely wrote it: F.conv2d, not torch.conv2d."""
+    return f"F.{name}" if name.startswith("conv") else f"torch.{name}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,10 +291,13 @@ def check_conv2d(conv2d: Callable) -> None:
     x: float (C_in, H, W); w: float (C_out, C_in, kh, kw); returns (C_out, H_out, W_out).
     Prints one success line or raises CheckError naming the failing case and, where it
     can, the misconception (kernel flipped, stride or padding ignored, padding on one side,
-    channels not summed or averaged, a batch dimension returned).
+    channels not summed or averaged, a batch dimension returned). An answer computed with
+    torch's own convolution (F.conv2d, nn.Conv2d, ...) is refused: the task is to do it by hand.
     """
     cases = _conv2d_cases()
-    run_check(TASK_CONV2D, conv2d, cases, diagnose=_make_diagnose(cases, _CONV2D_VARIANTS, _same_tensor))
+    _check_by_hand(TASK_CONV2D, conv2d, cases, _make_diagnose(cases, _CONV2D_VARIANTS, _same_tensor),
+                   reference="F.conv2d", layer="nn.Conv2d",
+                   how="loop over the output pixels (or use unfold) and sum window * kernel products")
 
 
 # ----------------------------------------------------------------------------------------
@@ -415,10 +489,14 @@ def check_conv_transpose2d(conv_transpose2d: Callable) -> None:
     returns (C_out, H_out, W_out). Prints one success line or raises CheckError naming the
     failing case and the likely misconception (output_padding ignored or zero-filled, kernel
     flipped, stride ignored or used as in a convolution, padding added/ignored/one-sided,
-    channels not summed, weight layout swapped, a batch dimension returned).
+    channels not summed, weight layout swapped, a batch dimension returned). An answer computed
+    with torch's own convolutions (F.conv_transpose2d, F.conv2d, nn layers) is refused.
     """
     cases = _conv_transpose2d_cases()
-    run_check(TASK_CONV_TRANSPOSE2D, conv_transpose2d, cases, diagnose=_diagnose_conv_transpose2d(cases))
+    _check_by_hand(TASK_CONV_TRANSPOSE2D, conv_transpose2d, cases, _diagnose_conv_transpose2d(cases),
+                   reference="F.conv_transpose2d", layer="nn.ConvTranspose2d",
+                   how="loop over the input pixels and add each one's stamp x[:, i, j] * w into the output, "
+                       "then crop the padding")
 
 
 # ----------------------------------------------------------------------------------------

@@ -264,7 +264,9 @@ def _fuse_cases() -> list[Case]:
     with torch.no_grad():
         up_conv.weight.copy_(_randn(g, 3, 3, 4, 4))
     add("batch 2, a given (learned) up-convolution", (2, 3, 4, 4), (2, 3, 8, 8), upsample=up_conv)
-    add("skip map larger than 2x: centre-crop it", (1, 2, 4, 5), (1, 2, 12, 14))
+    # Odd differences (3 rows, 5 columns), so a crop offset rounded up instead of down fails.
+    add("skip map larger than 2x, odd size difference (3 rows, 5 columns): centre-crop it",
+        (1, 2, 4, 5), (1, 2, 11, 15))
     add("skip_scale=0.01", (1, 2, 3, 3), (1, 2, 6, 6), skip_scale=0.01)
     return cases
 
@@ -314,6 +316,18 @@ def _fuse_diagnosis(case: Case, got) -> Optional[str]:
                 lambda: F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=True) + scale * skip_c,
             ),
         ]
+        # Rounded up (math.ceil, d - d // 2) or half-to-even (round(d / 2)) in one or both axes.
+        dy, dx = skip.shape[-2] - h, skip.shape[-1] - w
+        for top in sorted({dy // 2, (dy + 1) // 2}):
+            for left in sorted({dx // 2, (dx + 1) // 2}):
+                if (top, left) != (dy // 2, dx // 2):
+                    candidates.append((
+                        "the crop offset rounds the wrong way for an odd difference. With a size "
+                        "difference d the offset is d // 2, rounded down, so the extra row/column is "
+                        f"left at the bottom/right: here top = {dy} // 2 = {dy // 2} and left = "
+                        f"{dx} // 2 = {dx // 2}, but you cropped from ({top}, {left}).",
+                        lambda top=top, left=left: up + scale * _crop(skip, h, w, top, left),
+                    ))
         if upsample is not None:
             candidates.append((
                 "you ignored the `upsample` argument: when a function/module is given (e.g. a learned "
