@@ -278,6 +278,15 @@ def test_evaluate_matches_an_independent_count():
     json.dumps(metrics)  # JSON-ready
 
 
+def test_evaluate_hands_back_the_foreground_probabilities_it_computed():
+    images = make_synthetic_dataset(1, 40, seed=1) + make_synthetic_dataset(1, (56, 30), seed=2)
+    probs = []
+    evaluate(ConstantForeground(), images, tile_size=32, foreground_probs=probs)
+    assert [p.shape for p in probs] == [im.mask.shape for im in images]
+    expected = float(torch.softmax(torch.tensor([-1.0, 1.0]), 0)[1])   # the model's constant P(foreground)
+    assert all(p.dtype == np.float32 and np.allclose(p, expected) for p in probs)
+
+
 def test_evaluate_images_of_different_sizes():
     images = make_synthetic_dataset(1, 40, seed=1) + make_synthetic_dataset(1, (56, 30), seed=2)
     metrics = evaluate(ConstantForeground(), images, tile_size=32)

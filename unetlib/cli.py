@@ -227,6 +227,8 @@ def _refuse_to_overwrite(images: Sequence[str], targets: Sequence[Path], overwri
 
 
 def _evaluate(args) -> int:
+    import numpy as np
+
     from .data import load_folder
     from .device import resolve_device, speed_settings
     from .train import _normalised_synthetic, _synthetic_val_seed, evaluate, load_model
@@ -248,30 +250,18 @@ def _evaluate(args) -> int:
         images = load_folder(folder, color="gray" if model.in_channels == 1 else "keep",
                              mask_type=args.masks or config.masks, log=lambda line: print(line, file=sys.stderr))
     settings = speed_settings(resolve_device(args.device), amp=args.amp)
+    probs = [] if args.data == "isbi2012" else None
     metrics = evaluate(model, images, tile_size=args.tile, batch_size=args.batch_size,
-                       amp=settings.amp, channels_last=settings.channels_last)
+                       amp=settings.amp, channels_last=settings.channels_last, foreground_probs=probs)
     if args.data == "isbi2012":
-        # Threshold sweeps of the probability map, as the challenge scored; not the argmax errors above.
-        metrics["isbi_challenge"] = _isbi_challenge_scores(model, images, args, settings)
+        # Threshold sweeps of the P(cell) maps, as the challenge scored; not the argmax errors above.
+        from .isbi_scoring import isbi_scores
+
+        scores = isbi_scores(np.stack(probs), np.stack([item.instances > 0 for item in images]))
+        scores.pop("per_threshold")
+        metrics["isbi_challenge"] = scores
     print(json.dumps(metrics, indent=2))
     return 0
-
-
-def _isbi_challenge_scores(model, images, args, settings) -> dict:
-    """ISBI 2012 pixel and Rand errors of the P(cell) maps over the 0.0..1.0 threshold sweep."""
-    import numpy as np
-
-    from .isbi_scoring import isbi_scores
-    from .tiling import predict_tiled
-
-    probs = []
-    for item in images:
-        p = predict_tiled(model, item.image, args.tile, batch_size=args.batch_size, amp=settings.amp,
-                          channels_last=settings.channels_last, output="probs")
-        probs.append((p[1] if p.shape[0] > 1 else p[0]).numpy())
-    scores = isbi_scores(np.stack(probs), np.stack([item.instances > 0 for item in images]))
-    scores.pop("per_threshold")
-    return scores
 
 
 def _synthetic(args) -> int:

@@ -589,6 +589,7 @@ def evaluate(
     amp: bool = False,
     channels_last: bool = False,
     loss_fn: Optional[Callable] = None,
+    foreground_probs: Optional[list] = None,
 ) -> dict:
     """Segment every whole image of ``dataset`` with overlap-tile inference and score it.
 
@@ -600,6 +601,8 @@ def evaluate(
             int32 (H, W) for object metrics and ``"weight"`` float32 (H, W) for the loss).
         tile_size, batch_size, device, amp, channels_last: passed to :func:`predict_tiled`.
         loss_fn: optional ``loss(logits, target, weight)``; adds ``"loss"`` (mean over images).
+        foreground_probs: optional list; each image's P(foreground) map, float32 numpy (H, W),
+            is appended to it (for threshold sweeps, without a second inference pass).
 
     Returns:
         JSON-ready dict: everything :func:`unetlib.metrics.segmentation_metrics` reports
@@ -625,6 +628,9 @@ def evaluate(
             losses.append(float(loss_fn(logits[None].float(), mask[None], weight)))
         num_classes = logits.shape[0]
         pred = (logits[0] > 0).long() if num_classes == 1 else logits.argmax(0)
+        if foreground_probs is not None:
+            probs = torch.sigmoid(logits[0]) if num_classes == 1 else torch.softmax(logits.float(), 0)[1]
+            foreground_probs.append(probs.float().numpy())
         preds.append(pred.numpy())
         masks.append(mask.numpy())
         if "instances" in item:
