@@ -18,7 +18,15 @@ from unetlib.viz.conv_grids import (  # noqa: E402
     plot_conv_step,
     show_conv_arithmetic,
 )
-from unetlib.viz.panels import colorize_instances, error_overlay, history_series, show_panels, to_display  # noqa: E402
+from unetlib.viz.panels import (  # noqa: E402
+    add_error_legend,
+    colorize_instances,
+    error_legend_handles,
+    error_overlay,
+    history_series,
+    show_panels,
+    to_display,
+)
 from unetlib.viz.unet_diagram import draw_unet  # noqa: E402
 
 
@@ -126,3 +134,82 @@ def test_unet_diagram_labels_the_papers_sizes_and_refuses_invalid_ones():
     assert "572" in labels and "388" in labels and "1024" in labels
     with pytest.raises(ValueError, match="556"):
         draw_unet(570)
+
+
+def _all_text(figure):
+    """Every visible Text artist of a figure: titles, labels, tick labels, annotations, legends."""
+    return [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text().strip()]
+
+
+def test_course_style_sets_100_dpi_constrained_layout_and_9_point_text():
+    from unetlib.viz import use_course_style
+    from unetlib.viz.style import COURSE_STYLE, MIN_FONT_SIZE
+
+    with matplotlib.rc_context():
+        use_course_style()
+        assert plt.rcParams["figure.dpi"] >= 100 and plt.rcParams["figure.constrained_layout.use"]
+        figure, ax = plt.subplots()
+        ax.set_title("t")
+        ax.set_xlabel("x")
+        ax.plot([0, 1], [0, 1], label="a")
+        ax.legend()
+        figure.canvas.draw()
+        assert min(text.get_fontsize() for text in _all_text(figure)) >= MIN_FONT_SIZE
+    assert all(value >= MIN_FONT_SIZE for key, value in COURSE_STYLE.items() if key.endswith("size"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: draw_unet(572),
+    lambda: draw_unet(188, depth=2, base_channels=16),
+    lambda: show_panels([("a", np.zeros((4, 4)), "gray"), ("b", np.eye(4), None)], suptitle="s",
+                        legend=error_legend_handles()),
+    lambda: plot_conv_step(torch.arange(16.0).reshape(4, 4), torch.ones(3, 3), 0, 0),
+], ids=["unet-572", "unet-depth-2", "panels", "conv-step"])
+def test_course_figures_print_no_text_below_9_points(make):
+    figure = make()
+    figure.canvas.draw()
+    small = sorted({(text.get_text(), text.get_fontsize()) for text in _all_text(figure) if text.get_fontsize() < 9})
+    assert not small, f"text below 9 pt: {small[:5]}"
+
+
+def test_error_legend_patches_use_the_overlay_colours():
+    prediction, truth = np.array([[1, 1, 0, 0]]), np.array([[1, 0, 1, 0]])
+    rgb = error_overlay(prediction, truth)[0]
+    handles = error_legend_handles()
+    assert [h.get_label().split(":")[0] for h in handles] == ["TP", "FP", "FN", "TN"]
+    for handle, pixel in zip(handles, rgb):  # TP, FP, FN, TN: the order of the pixels above
+        np.testing.assert_allclose(handle.get_facecolor()[:3], pixel, atol=1e-6)
+    figure = show_panels([("errors", rgb[None], None)], legend=handles)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [h.get_label() for h in handles]
+    _, ax = plt.subplots()
+    assert len(add_error_legend(ax, kinds=("FP", "FN")).get_texts()) == 2
+    with pytest.raises(ValueError, match="unknown error kind"):
+        error_legend_handles(["XX"])
+
+
+def test_show_panels_titles_do_not_overlap_the_images_below():
+    from unetlib.viz import use_course_style
+
+    with matplotlib.rc_context():
+        use_course_style()
+        items = [(f"panel {k}\nsecond line", np.zeros((8, 8)), "gray") for k in range(8)]
+        figure = show_panels(items, ncols=4, panel_size=2.0, suptitle="over all", legend=error_legend_handles())
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        top_row, bottom_row = figure.axes[:4], figure.axes[4:]
+        for upper, lower in zip(top_row, bottom_row):
+            image_top = upper.get_window_extent(renderer)
+            title = lower.title.get_window_extent(renderer)
+            assert title.y1 <= image_top.y0 + 1  # the second row's title sits below the first row's image
+        suptitle = figure._suptitle.get_window_extent(renderer)
+        assert all(suptitle.y0 >= ax.title.get_window_extent(renderer).y1 - 1 for ax in top_row)
+
+
+def test_padding_modes_leave_room_for_the_outline_of_the_largest_grid():
+    from unetlib.viz.conv_grids import plot_padding_modes
+
+    figure = plot_padding_modes(5, 3)
+    full_input = figure.axes[2]  # top row: valid, same, full inputs
+    left, right = full_input.get_xlim()
+    bottom, top = full_input.get_ylim()
+    assert left < -0.5 and right > 8.5 and top < -0.5 and bottom > 8.5  # the 9 x 9 grid plus a margin

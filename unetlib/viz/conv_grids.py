@@ -51,8 +51,8 @@ def _as_2d(values, name: str = "values") -> np.ndarray:
 
 
 def _font_size(n_cells: int) -> float:
-    """Annotation font size that still fits in a grid ``n_cells`` wide."""
-    return float(max(5.0, min(11.0, 110.0 / max(n_cells, 1))))
+    """Annotation font size for a grid ``n_cells`` wide: 11 pt on small grids, never below 9 pt."""
+    return float(max(9.0, min(11.0, 110.0 / max(n_cells, 1))))
 
 
 def _format_number(value: float, decimals: Optional[int]) -> str:
@@ -104,7 +104,7 @@ def draw_grid(
         step = 1 if n <= 16 else int(np.ceil(n / 8))
         positions = list(range(0, n, step))
         axis_ticks(positions)
-        set_labels([str(p + offset) for p in positions], fontsize=_font_size(max(width, height)) * 0.8 + 1)
+        set_labels([str(p + offset) for p in positions], fontsize=max(9.0, _font_size(max(width, height)) * 0.8 + 1))
     # Cell borders drawn only over the grid itself (not the whole axes).
     line_width = 0.5 if max(width, height) <= 24 else 0.2
     ax.hlines(np.arange(-0.5, height, 1), -0.5, width - 0.5, color="black", linewidth=line_width)
@@ -232,9 +232,9 @@ def plot_matrix(matrix, *, title: str, input_shape: tuple[int, int], output_shap
               xlabel=f"input pixel (row, col) of the {input_shape[0]}×{input_shape[1]} input, flattened",
               ylabel=f"output pixel of the {output_shape[0]}×{output_shape[1]} output")
     ax.set_xticks(range(n_in))
-    ax.set_xticklabels([f"({r},{c})" for r in range(input_shape[0]) for c in range(input_shape[1])], rotation=90, fontsize=8)
+    ax.set_xticklabels([f"({r},{c})" for r in range(input_shape[0]) for c in range(input_shape[1])], rotation=90, fontsize=9)
     ax.set_yticks(range(n_out))
-    ax.set_yticklabels([f"({r},{c})" for r in range(output_shape[0]) for c in range(output_shape[1])], fontsize=8)
+    ax.set_yticklabels([f"({r},{c})" for r in range(output_shape[0]) for c in range(output_shape[1])], fontsize=9)
     if colorbar:
         fig.colorbar(ax.images[0], ax=ax, shrink=0.8, label="value")
     return fig
@@ -285,7 +285,7 @@ def plot_padding_modes(input_size: int = 5, kernel_size: int = 3) -> Figure:
         draw_grid(ax_out, np.ones((o, o)), title=f"{name}: output {o}×{o}", cmap="Oranges", vmin=0, vmax=4, annotate=False)
         outline_cells(ax_out, [(0, 0)], **FIRST_STEP)
         for ax, n in ((ax_in, i + 2 * p), (ax_out, o)):  # same cell size in every panel
-            margin = (biggest - n) / 2
+            margin = (biggest - n) / 2 + 0.15  # + 0.15: room for the red outline of the largest grid
             ax.set_xlim(-0.5 - margin, n - 0.5 + margin)
             ax.set_ylim(n - 0.5 + margin, -0.5 - margin)
             ax.set_frame_on(False)

@@ -4,7 +4,9 @@
   an input, its label, several predictions side by side.
 * :func:`colorize_instances` paints each instance id in its own colour, so two touching
   cells that a model merged into one show up as one colour.
-* :func:`error_overlay` marks false positives and false negatives of a binary prediction.
+* :func:`error_overlay` marks false positives and false negatives of a binary prediction;
+  :func:`error_legend_handles` / :func:`add_error_legend` give the legend patches for its colours
+  (``show_panels(..., legend=error_legend_handles())`` puts them under the panels).
 * :func:`plot_history` / :func:`plot_histories` draw training curves of one run or compare
   several runs on the same axes.
 
@@ -23,6 +25,9 @@ __all__ = [
     "to_display",
     "colorize_instances",
     "error_overlay",
+    "ERROR_COLOURS",
+    "error_legend_handles",
+    "add_error_legend",
     "show_panels",
     "history_series",
     "plot_history",
@@ -102,22 +107,56 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return table[i, np.arange(len(h))]
 
 
+# The colours of :func:`error_overlay`, with the legend label of each kind of pixel.
+ERROR_COLOURS = {
+    "TP": ((1.0, 1.0, 1.0), "TP: cell, found"),
+    "FP": ((1.0, 0.15, 0.1), "FP: predicted cell on background"),
+    "FN": ((0.2, 0.45, 1.0), "FN: missed cell pixel"),
+    "TN": ((0.0, 0.0, 0.0), "TN: background, found"),
+}
+
+
 def error_overlay(prediction: Any, target: Any) -> np.ndarray:
     """Colour-code a binary prediction against the truth: float32 ``(H, W, 3)``.
 
-    White = cell predicted and true, red = predicted cell on true background (false
-    positive, e.g. a gap between touching cells filled in), blue = missed cell pixel
-    (false negative), black = background predicted and true. Inputs are ``(H, W)`` arrays
-    or tensors; anything > 0 counts as cell.
+    White = cell predicted and true (TP), red = predicted cell on true background (FP, false
+    positive, e.g. a gap between touching cells filled in), blue = missed cell pixel (FN, false
+    negative), black = background predicted and true (TN). Inputs are ``(H, W)`` arrays or
+    tensors; anything > 0 counts as cell. :func:`error_legend_handles` gives the legend.
     """
     pred, true = to_display(prediction) > 0, to_display(target) > 0
     if pred.shape != true.shape or pred.ndim != 2:
         raise ValueError(f"prediction {pred.shape} and target {true.shape} must be 2-D maps of the same shape")
     rgb = np.zeros(pred.shape + (3,), dtype=np.float32)
-    rgb[pred & true] = (1.0, 1.0, 1.0)
-    rgb[pred & ~true] = (1.0, 0.15, 0.1)
-    rgb[~pred & true] = (0.2, 0.45, 1.0)
+    rgb[pred & true] = ERROR_COLOURS["TP"][0]
+    rgb[pred & ~true] = ERROR_COLOURS["FP"][0]
+    rgb[~pred & true] = ERROR_COLOURS["FN"][0]
     return rgb
+
+
+def error_legend_handles(kinds: Sequence[str] = ("TP", "FP", "FN", "TN")) -> list:
+    """Legend patches (matplotlib ``Patch``) for the colours of :func:`error_overlay`."""
+    from matplotlib.patches import Patch
+
+    unknown = [kind for kind in kinds if kind not in ERROR_COLOURS]
+    if unknown:
+        raise ValueError(f"unknown error kind(s) {unknown}; choose from {list(ERROR_COLOURS)}")
+    return [Patch(facecolor=ERROR_COLOURS[kind][0], edgecolor="0.4", linewidth=0.8, label=ERROR_COLOURS[kind][1])
+            for kind in kinds]
+
+
+def add_error_legend(target, kinds: Sequence[str] = ("TP", "FP", "FN", "TN"), **legend_kwargs):
+    """Add the :func:`error_overlay` colour legend to a Figure (under its panels) or an Axes.
+
+    On a Figure with constrained layout the legend gets its own row below the panels. Extra
+    keyword arguments go to ``legend`` (e.g. ``loc``, ``ncols``). Returns the Legend.
+    """
+    handles = error_legend_handles(kinds)
+    if hasattr(target, "add_subplot"):  # a Figure
+        legend_kwargs.setdefault("loc", "outside lower center")
+        legend_kwargs.setdefault("ncols", len(handles))
+    legend_kwargs.setdefault("frameon", False)
+    return target.legend(handles=handles, **legend_kwargs)
 
 
 def show_panels(
@@ -128,6 +167,7 @@ def show_panels(
     suptitle: Optional[str] = None,
     colorbar: bool = False,
     row_labels: Optional[Sequence[str]] = None,
+    legend: Optional[Sequence] = None,
 ):
     """Show images side by side (wrapping into rows of ``ncols``); returns the Figure.
 
@@ -140,8 +180,10 @@ def show_panels(
         suptitle: title over the whole figure.
         colorbar: add a colour bar to every 2-D panel.
         row_labels: optional text at the left of each row (e.g. the sample name).
+        legend: optional legend handles (e.g. :func:`error_legend_handles`) drawn under the panels.
 
-    Panels have no axis ticks: pixel indices mean nothing to the reader here.
+    Panels have no axis ticks: pixel indices mean nothing to the reader here. The figure uses
+    constrained layout, so titles, colour bars, suptitle and legend never overlap the images.
     """
     import matplotlib.pyplot as plt
 
@@ -157,8 +199,15 @@ def show_panels(
     nrows = math.ceil(len(items) / ncols)
     if row_labels is not None and len(row_labels) != nrows:
         raise ValueError(f"row_labels has {len(row_labels)} entries but there are {nrows} rows")
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    # Height: the panels, one title line per line of the longest title in each row, the
+    # suptitle's lines and the legend row.
+    title_lines = sum(max(str(item[0]).count("\n") + 1 for item in items[r * ncols:(r + 1) * ncols])
+                      for r in range(nrows))
+    height = panel_size * nrows + 0.19 * title_lines
+    height += 0.22 * (suptitle.count("\n") + 1) + 0.1 if suptitle else 0.0
+    height += 0.35 if legend else 0.0
+    width = panel_size * ncols * (1.2 if colorbar else 1.0) + (0.3 if row_labels is not None else 0.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i, item in enumerate(items):
@@ -183,7 +232,8 @@ def show_panels(
             axes[r, 0].set_ylabel(str(text), fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    if legend:
+        fig.legend(handles=list(legend), loc="outside lower center", ncols=len(legend), frameon=False, fontsize=9)
     return fig
 
 
@@ -294,7 +344,7 @@ def plot_history(
     ax.set_xlabel(x_name)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
     return ax
 
@@ -330,5 +380,5 @@ def plot_histories(
         plot_history(history, [key], ax=ax, title=title or f"{key} per run", xlabel=xlabel,
                      ylabel=ylabel or key, logy=logy, smooth=smooth)
         ax.lines[-1].set_label(str(name))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return ax

@@ -25,14 +25,17 @@ __all__ = ["draw_unet"]
 
 _COLOURS = {"conv": "tab:blue", "pool": "tab:red", "up": "tab:green", "crop": "0.45", "output": "teal"}
 _BOX_WIDTH = 0.26
-_STEP = 0.62          # horizontal distance between consecutive boxes of one level
-_LEVEL_SHIFT = 0.8    # each level starts a little further right: the U's slope
+_STEP = 0.72          # horizontal distance between consecutive boxes of one level
+_LEVEL_SHIFT = 0.45   # each level starts a little further right: the U's slope
 _MAX_HEIGHT = 2.4     # height of the input box (data units)
+_MIN_HEIGHT = 0.8     # every box is at least this tall, so the size written beside it fits below the arrow
 _GAP = 0.9            # vertical gap between levels
+_FONT_SIZE = 9.0      # every label (points), at the default figure width
+_FIG_WIDTH = 10.5     # inches: shown about 1:1 in a notebook, so 9 pt stays 9 pt
 
 
 def _height(size: int, input_size: int) -> float:
-    return _MAX_HEIGHT * math.sqrt(size / input_size)
+    return _MIN_HEIGHT + (_MAX_HEIGHT - _MIN_HEIGHT) * math.sqrt(size / input_size)
 
 
 def _arrow(ax: Axes, start, end, kind: str, **kwargs) -> None:
@@ -41,14 +44,14 @@ def _arrow(ax: Axes, start, end, kind: str, **kwargs) -> None:
 
 
 def _box(ax: Axes, x: float, y: float, stage_height: float, channels: int, size_label: str,
-         filled: bool = True, show_channels: bool = True, fontsize: float = 7.0) -> None:
+         filled: bool = True, show_channels: bool = True, fontsize: float = _FONT_SIZE) -> None:
     """A feature map centred at ``(x, y)``; channels above it, size to its left (rotated)."""
     ax.add_patch(Rectangle((x - _BOX_WIDTH / 2, y - stage_height / 2), _BOX_WIDTH, stage_height,
                            facecolor="#9ecae1" if filled else "white", edgecolor="0.2", linewidth=0.8))
     if show_channels:
         ax.text(x, y + stage_height / 2 + 0.08, str(channels), ha="center", va="bottom", fontsize=fontsize)
     ax.text(x - _BOX_WIDTH / 2 - 0.04, y - stage_height / 2, size_label, ha="right", va="bottom",
-            rotation=90, fontsize=fontsize - 0.5, color="0.25")
+            rotation=90, fontsize=fontsize, color="0.25")
 
 
 def _size_label(stage: ShapeStage) -> str:
@@ -68,7 +71,7 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
         input_size: a valid input size (int, or ``(H, W)``), e.g. 572; an invalid size raises
             the ValueError of :func:`unetlib.shapes.unet_shape_trace` (it names the nearest valid sizes).
         depth, base_channels, in_channels, num_classes: the network (defaults: the paper's).
-        ax: draw into this Axes (a new 14 x 7.5 inch figure if None).
+        ax: draw into this Axes (a new figure 10.5 inches wide if None).
         title: figure title (default: says what is drawn).
 
     Returns:
@@ -78,8 +81,9 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
                              in_channels=in_channels, num_classes=num_classes)
     by_name = {stage.name: stage for stage in trace}
     first = trace[0].height
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(14, 7.5))
+    new_figure = ax is None
+    if new_figure:
+        fig, ax = plt.subplots(figsize=(_FIG_WIDTH, 0.62 * _FIG_WIDTH))
     else:
         fig = ax.figure
 
@@ -98,7 +102,8 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
     right_end = 2 * enc_x(depth + 1, 1)  # the U is symmetric around the bottleneck's middle box
 
     def dec_x(level: int, k: int) -> float:  # k = 0: concatenation, 1, 2: convs
-        return right_end - enc_x(level, 2 - k)
+        # the concatenation is two boxes wide, so the convolutions after it sit half a box further right
+        return right_end - enc_x(level, 2 - k) + (_BOX_WIDTH / 2 if k else 0.0)
 
     def draw_level(names: list[str], xs: list[float], level: int, first_filled: bool = True) -> None:
         for i, (name, x) in enumerate(zip(names, xs)):
@@ -121,8 +126,8 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
         if level > 1:  # max-pool arrow from the previous level's last box
             top = centres[level - 1] - _height(by_name[f"enc{level - 1}.conv2"].height, first) / 2
             _arrow(ax, (enc_x(level - 1, 2), top - 0.05),
-                   (xs[0] - _BOX_WIDTH / 2 - 0.02, centres[level] + _height(by_name[names[0]].height, first) / 2 + 0.05),
-                   "pool")
+                   (xs[0] - _BOX_WIDTH / 2 - 0.03, centres[level] + _height(by_name[names[0]].height, first) / 2 - 0.15),
+                   "pool")  # into the box's left side, below the channel count written above it
 
     # Expanding path: up-convolution, cropped copy + concatenation, two convolutions.
     for level in range(depth, 0, -1):
@@ -134,7 +139,7 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
         _box(ax, x_copy, centres[level], h, crop.channels, _size_label(crop), filled=False, show_channels=False)
         _box(ax, x_up, centres[level], h, up.channels, "", show_channels=False)
         ax.text(xs[0], centres[level] + h / 2 + 0.08, str(crop.channels + up.channels), ha="center",
-                va="bottom", fontsize=7)
+                va="bottom", fontsize=_FONT_SIZE)
         names = [f"dec{level}.conv1", f"dec{level}.conv2"]
         draw_level(names, xs[1:], level)
         conv_arrows([x_up] + xs[1:], level)
@@ -148,9 +153,9 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
         start = (enc_x(level, 2) + _BOX_WIDTH / 2 + 0.03, centres[level])
         end = (x_copy - _BOX_WIDTH / 2 - 0.03, centres[level])
         _arrow(ax, start, end, "crop", linestyle="--")
-        ax.text((start[0] + end[0]) / 2, centres[level] + 0.07,
-                f"copy & crop\n{_size_label(encoder)} → {_size_label(up)} ({_per_side(crop)} px/side)",
-                ha="center", va="bottom", fontsize=7, color="0.25")
+        ax.text((start[0] + end[0]) / 2, centres[level] - 0.07,
+                f"copy & crop\n{_size_label(encoder)} → {_size_label(up)}\n({_per_side(crop)} px/side)",
+                ha="center", va="top", fontsize=_FONT_SIZE, color="0.25")
 
     # Final 1x1 convolution.
     out = by_name["output"]
@@ -164,14 +169,17 @@ def draw_unet(input_size=572, depth: int = 4, base_channels: int = 64, *, in_cha
               Line2D([], [], color=_COLOURS["up"], lw=2, label="2x2 up-conv, stride 2: x2"),
               Line2D([], [], color=_COLOURS["crop"], lw=2, ls="--", label="copy & centre-crop"),
               Line2D([], [], color=_COLOURS["output"], lw=2, label="1x1 conv")]
-    ax.legend(handles=legend, loc="lower right", fontsize=8, frameon=False)
+    ax.legend(handles=legend, loc="lower right", fontsize=10, frameon=False)
     bottom = centres[depth + 1] - _height(by_name["bottleneck.conv1"].height, first) / 2
     ax.set_xlim(-0.7, x_out + 0.5)
     ax.set_ylim(bottom - 0.6, _MAX_HEIGHT / 2 + 0.5)
     ax.set_aspect("equal")
+    if new_figure:  # as tall as the drawing needs at this width, plus the title
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        fig.set_size_inches(_FIG_WIDTH, _FIG_WIDTH * (y1 - y0) / (x1 - x0) + 0.4)
     ax.axis("off")  # positions carry no units: sizes are written on the boxes
     if title is None:
         title = (f"U-Net, depth {depth}, {_size_label(trace[0])} input -> {_size_label(out)} output "
                  "(channels above each box, spatial size beside it)")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=12)
     return fig
