@@ -143,7 +143,7 @@ def outline_cells(ax, cells: Iterable[tuple[int, int]], *, color: str = "red", l
     ax.add_patch(Rectangle((left - 0.5, top - 0.5), max(cols) - left + 1, max(rows) - top + 1, fill=False, edgecolor=color, linestyle=linestyle, linewidth=linewidth))
 
 
-def _figure_for_grids(widths: Sequence[int], height_cells: int, figwidth: float = 12.0) -> tuple[Figure, list]:
+def _figure_for_grids(widths: Sequence[int], height_cells: int, figwidth: float = 10.5) -> tuple[Figure, list]:
     """A one-row figure whose panels are as wide as the grids they show."""
     ratios = [max(w, 2) for w in widths]
     fig_height = min(5.5, max(3.0, 0.45 * height_cells + 1.8))
@@ -199,7 +199,7 @@ def plot_scatter_step(x, w, row: int, col: int, *, stride: int = 1) -> Figure:
     stamp = x_np[row, col] * w_np
     footprint = [(row * stride + a, col * stride + b) for a in range(kh) for b in range(kw)]
 
-    fig, axes = _figure_for_grids([x_np.shape[1], kw, kw, out.shape[1]], out.shape[0], figwidth=13.0)
+    fig, axes = _figure_for_grids([x_np.shape[1], kw, kw, out.shape[1]], out.shape[0], figwidth=11.0)
     draw_grid(axes[0], x_np, title=f"input x {x_np.shape[0]}×{x_np.shape[1]}")
     outline_cells(axes[0], [(row, col)], **FIRST_STEP, fill_alpha=0.0)
     draw_grid(axes[1], w_np, title=f"kernel w {kh}×{kw}", xlabel="kernel column", ylabel="kernel row")
@@ -249,7 +249,8 @@ def plot_images(images: Sequence, titles: Sequence[str], *, suptitle: str, cmap:
     if len(arrays) != len(titles):
         raise ValueError(f"got {len(arrays)} images but {len(titles)} titles")
     limits = (min(a.min() for a in arrays), max(a.max() for a in arrays)) if share_range else (None, None)
-    fig, axes = plt.subplots(1, len(arrays), figsize=(3.6 * len(arrays), 3.6), constrained_layout=True)
+    panel = min(3.6, 11.5 / len(arrays))  # the row stays about 11.5 inches wide: shown 1:1 in a notebook
+    fig, axes = plt.subplots(1, len(arrays), figsize=(panel * len(arrays), panel + 0.8), constrained_layout=True)
     for ax, array, title in zip(np.atleast_1d(axes), arrays, titles):
         shown = ax.imshow(array, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
         ax.set_title(title)
@@ -274,7 +275,7 @@ def plot_padding_modes(input_size: int = 5, kernel_size: int = 3) -> Figure:
     i, k = input_size, kernel_size
     modes = [("valid", 0), ("same", (k - 1) // 2), ("full", k - 1)]
     biggest = i + 2 * (k - 1)
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 7.5), constrained_layout=True)
     for column, (name, p) in enumerate(modes):
         o = conv_output_size(i, k, padding=p)
         interior = np.pad(np.ones((i, i)), p)
@@ -351,7 +352,7 @@ def draw_conv_arithmetic(input_size: int, kernel_size: int, stride: int = 1, pad
         outline_cells(ax_out, [(0, 0)], **FIRST_STEP)
         if o > 1:
             outline_cells(ax_out, [(0, 1)], **NEXT_STEP)
-        fig.suptitle(f"Convolution k={k}, s={s}, p={p}, d={d}: red = the input pixels output (0,0) reads; dashed = output (0,1)")
+        fig.suptitle(f"Convolution k={k}, s={s}, p={p}, d={d}\nred: the input pixels output (0,0) reads; dashed: output (0,1)")
         return fig
 
     o = conv_transpose_output_size(i, k, stride=s, padding=p, output_padding=a, dilation=d)
@@ -371,7 +372,7 @@ def draw_conv_arithmetic(input_size: int, kernel_size: int, stride: int = 1, pad
     outline_cells(ax_out, [(x * d, y * d) for x in range(k) for y in range(k)], **FIRST_STEP)
     if i > 1:
         outline_cells(ax_out, [(x * d, s + y * d) for x in range(k) for y in range(k)], **NEXT_STEP)
-    fig.suptitle(f"Transposed convolution k={k}, s={s}, p={p}, output_padding={a}, d={d}: red = where input (0,0) writes; dashed = input (0,1)")
+    fig.suptitle(f"Transposed convolution k={k}, s={s}, p={p}, output_padding={a}, d={d}\nred: where input (0,0) writes; dashed: input (0,1)")
     return fig
 
 
