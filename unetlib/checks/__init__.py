@@ -12,7 +12,7 @@ __all__ = ["Case", "CheckError", "NotImplementedYet", "compare_values", "passed"
 # Per-notebook checks are imported lazily-safe: a module that is not written yet is skipped.
 import importlib as _importlib
 
-for _name in ("nb01_convolution", "nb02_shapes", "nb03_fcn_unet", "nb04_elastic", "nb05_training"):
+for _name in ("nb01_convolution", "nb02_shapes", "nb02_unet_class", "nb03_fcn_unet", "nb04_elastic", "nb05_training", "nb05_loop_losses", "nb06_isbi2012"):
     try:
         _module = _importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _exc:
