@@ -213,3 +213,24 @@ def test_padding_modes_leave_room_for_the_outline_of_the_largest_grid():
     left, right = full_input.get_xlim()
     bottom, top = full_input.get_ylim()
     assert left < -0.5 and right > 8.5 and top < -0.5 and bottom > 8.5  # the 9 x 9 grid plus a margin
+
+
+def test_palette_png_is_smaller_and_keeps_the_picture():
+    import io
+
+    from PIL import Image
+
+    from unetlib.viz.style import png_with_palette
+
+    figure, ax = plt.subplots(figsize=(3, 3), dpi=100)
+    ax.imshow(np.random.default_rng(0).random((64, 64)), cmap="gray")
+    ax.set_title("noise")
+    plain = io.BytesIO()
+    figure.savefig(plain, format="png", bbox_inches="tight", dpi=100)
+    data = png_with_palette(figure)
+    image, reference = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(plain.getvalue())).convert("RGB")
+    assert image.mode == "P" and image.size == reference.size
+    assert len(data) < len(plain.getvalue())
+    difference = np.abs(np.asarray(image.convert("RGB"), dtype=int) - np.asarray(reference, dtype=int))
+    assert difference.mean() < 2.0  # on a 0-255 scale: the same picture to the eye
+    assert png_with_palette(plt.figure()) is None  # nothing drawn: nothing shown
