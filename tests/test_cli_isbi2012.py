@@ -51,3 +51,34 @@ def test_isbi2012_tile_larger_than_a_slice_is_refused(capsys, tmp_path):
     status = main(["train", "--data", "isbi2012", "--tile", "716", "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert status == 2
     assert "512 px ISBI 2012 slices" in capsys.readouterr().err
+
+
+def test_isbi2012_has_its_own_defaults_and_flags_override_them(monkeypatch, tmp_path):
+    from unetlib import cli, train
+
+    preset = train.DATA_DEFAULTS["isbi2012"]
+    config = train.TrainConfig.for_data("isbi2012")
+    for key, value in preset.items():
+        assert getattr(config, key) == value
+    assert train.TrainConfig.for_data("isbi2012", depth=2).depth == 2          # an explicit setting wins
+    assert train.TrainConfig.for_data("synthetic") == train.TrainConfig()     # synthetic keeps the defaults
+
+    seen = {}
+
+    def fake_fit(config, **kwargs):
+        seen["config"] = config
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    assert cli.main(["train", "--data", "isbi2012", "--epochs", "3", "--out", str(tmp_path / "run")]) == 2
+    used = seen["config"]
+    assert used.epochs == 3 and used.depth == preset["depth"] and used.select_by == "val_rand_error"
+
+
+def test_best_checkpoint_can_follow_the_rand_error():
+    from unetlib.train import _selection_metric
+
+    record = {"loss": 0.5, "val_iou": 0.8, "val_rand_error": 0.07}
+    assert _selection_metric(record, "val_rand_error") == (0.07, True)    # lower is better
+    assert _selection_metric(record, "val_iou") == (0.8, False)
+    assert _selection_metric({"loss": 0.5}, "val_rand_error") == (-0.5, False)  # no validation: the loss
