@@ -71,7 +71,7 @@ def _step(order="zfbs", loss="paper", train=True, returns="item"):
 @pytest.mark.parametrize("fn", [step_standard, step_zero_last, _step("fzbs")], ids=["standard", "zero-last", "zero-mid"])
 def test_train_step_accepts_correct_answers(fn, capsys):
     check_train_step(fn)
-    assert "Task train_step: all 2 cases passed" in capsys.readouterr().out
+    assert "Task 5: one training step: all 2 cases passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def _wmap(mistake):
 @pytest.mark.parametrize("fn", [wmap_numpy, wmap_torch, _wmap(None)], ids=["numpy", "torch", "variant-correct"])
 def test_weight_map_accepts_correct_answers(fn, capsys):
     check_weight_map(fn)
-    assert "Task weight_map: all 5 cases passed" in capsys.readouterr().out
+    assert "Task 4: the weight map: all 5 cases passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -263,6 +263,8 @@ def _dice(mistake):
         smooth = 0.0 if mistake == "no-smoothing" else 1.0
         if mistake == "denominator-only":
             dice = 2 * inter / (denom + 1e-6)
+        elif mistake == "over-union":  # IoU's union under Dice's 2 sum p t
+            dice = (2 * inter + smooth) / (denom - inter + smooth)
         else:
             dice = (2 * inter + smooth) / (denom + smooth)
         loss = {"returned-dice": dice.mean(), "classes-summed": 1 - dice.sum()}.get(mistake, 1 - dice.mean())
@@ -275,7 +277,7 @@ def _dice(mistake):
                          ids=["smooth-1", "eps-1e-6", "eps-0.5"])
 def test_dice_accepts_correct_answers(fn, capsys):
     check_dice_loss(fn)
-    assert "Task dice_loss: all 4 cases passed" in capsys.readouterr().out
+    assert "Task 6: soft Dice loss: all 4 cases passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -289,6 +291,7 @@ def test_dice_accepts_correct_answers(fn, capsys):
         ("per-image", "averaged per-image Dice scores"),
         ("denominator-only", "smoothing only in the denominator"),
         ("classes-summed", "a Dice above 1 or negative"),
+        ("over-union", "IoU's denominator): that ratio reaches 2 for a perfect prediction, a Dice above 1"),
         ("float", "return a tensor, not a Python number"),
     ],
 )
@@ -303,9 +306,10 @@ def test_dice_no_smoothing_fails_on_the_empty_class_case():
         check_dice_loss(_dice("no-smoothing"))
 
 
-def test_dice_detached_value_has_no_gradient():
-    with pytest.raises(CheckError, match="no gradient"):
+def test_dice_detached_value_has_no_gradient_and_is_not_called_argmax():
+    with pytest.raises(CheckError, match="the loss has no gradient: it is cut off from the logits") as info:
         check_dice_loss(lambda l, t: dice_vectorised(l.detach(), t))
+    assert "argmax" not in str(info.value)
 
 
 def test_dice_stub():
@@ -334,10 +338,24 @@ def focal_one_hot(logits, target, gamma=2.0):
     return per_pixel.sum() / per_pixel.numel()
 
 
+def focal_classwise(logits, target, gamma=2.0):
+    """Correct, a loop over the classes with logsumexp and a mask."""
+    log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    total = logits.new_zeros(())
+    for k in range(logits.shape[1]):
+        mask = (target == k).to(logits.dtype)
+        total = total + (-(1 - log_p[:, k].exp()) ** gamma * log_p[:, k] * mask).sum()
+    return total / target.numel()
+
+
 def _focal(mistake):
     def focal_loss(logits, target, gamma=2.0):
         if mistake == "gamma-or-2":
             gamma = gamma or 2.0
+        if mistake == "textbook-one-hot":  # the printed formula, summed over a one-hot target
+            probs = torch.softmax(logits, dim=1)
+            one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+            return -(one_hot * (1 - probs) ** gamma * torch.log(probs)).sum(1).mean()
         p = torch.softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         if mistake == "textbook":
             return (-(1 - p) ** gamma * torch.log(p)).mean()
@@ -346,27 +364,31 @@ def _focal(mistake):
             return (-(1 - p) ** gamma * torch.log(p)).mean()
         log_pt = torch.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         p = log_pt.exp()
-        factor = {"p-not-1-minus-p": p ** gamma, "gamma-on-p": 1 - p ** gamma,
-                  "gamma-times": gamma * (1 - p)}.get(mistake, (1 - p) ** gamma)
-        per_pixel = -factor * log_pt
+        factor = {"p-not-1-minus-p": p ** gamma, "gamma-on-p": 1 - p ** gamma, "gamma-on-log": 1 - p,
+                  "gamma-times": gamma * (1 - p), "alpha": 0.25 * (1 - p) ** gamma}.get(mistake, (1 - p) ** gamma)
+        per_pixel = factor * (-log_pt) ** (gamma if mistake == "gamma-on-log" else 1)
         return per_pixel.sum() if mistake == "summed" else per_pixel.mean()
 
     return focal_loss
 
 
-@pytest.mark.parametrize("fn", [focal_gather, focal_from_ce, focal_one_hot], ids=["gather", "from-ce", "one-hot"])
+@pytest.mark.parametrize("fn", [focal_gather, focal_from_ce, focal_one_hot, focal_classwise],
+                         ids=["gather", "from-ce", "one-hot", "classwise-loop"])
 def test_focal_accepts_correct_answers(fn, capsys):
     check_focal_loss(fn)
-    assert "Task focal_loss: all 4 cases passed" in capsys.readouterr().out
+    assert "Task 7: focal loss: all 4 cases passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "mistake, misconception",
     [
         ("textbook", "not finite at saturated logits"),
+        ("textbook-one-hot", "0 * -inf = NaN in a one-hot sum"),
         ("clipped", "you clipped the probabilities (here eps = 1e-07)"),
         ("p-not-1-minus-p", "uses p_t instead of 1 - p_t"),
-        ("gamma-on-p", "gamma on the wrong factor"),
+        ("gamma-on-p", "gamma on the wrong factor: it is the exponent of (1 - p_t), not of p_t"),
+        ("gamma-on-log", "gamma on the wrong factor: (1 - p_t)**gamma * (-log p_t), not (1 - p_t) * (-log p_t)**gamma"),
+        ("alpha", "a constant factor alpha = 0.25 (RetinaNet's alpha_t"),
         ("gamma-times", "gamma is an exponent, not a factor"),
         ("gamma-or-2", "you used gamma = 2 although gamma=0 was passed"),
         ("summed", "loss summed instead of averaged"),
@@ -379,8 +401,9 @@ def test_focal_names_the_misconception(mistake, misconception):
 
 
 def test_focal_gamma_zero_case_is_where_gamma_or_2_fails():
-    with pytest.raises(CheckError, match=r"case 'gamma=0: must equal plain cross-entropy'"):
+    with pytest.raises(CheckError, match=r"case 'gamma=0: must equal plain cross-entropy'") as info:
         check_focal_loss(_focal("gamma-or-2"))
+    assert "with gamma = 0 the factor (1 - p_t)**0 is 1, so the focal loss must equal plain cross-entropy" in str(info.value)
 
 
 def test_focal_saturated_case_is_where_the_textbook_form_fails():

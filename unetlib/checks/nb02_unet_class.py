@@ -36,7 +36,7 @@ from ._core import Case, CheckError, _learner_frame, compare_values, run_check
 
 __all__ = ["check_unet_class", "PAPER_PARAMETERS"]
 
-TASK = "Task UNet class"
+TASK = "Task 4 UNetClass"
 #: Parameters of the paper's network, UNet(1, 2): 64 -> 1024 channels, 23 convolutions.
 PAPER_PARAMETERS = 31_030_658
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)

@@ -51,7 +51,9 @@ from ._core import Case, _describe, compare_values, run_check
 
 __all__ = ["check_train_step", "check_weight_map", "check_dice_loss", "check_focal_loss"]
 
-TASK_STEP, TASK_WMAP, TASK_DICE, TASK_FOCAL = "Task train_step", "Task weight_map", "Task dice_loss", "Task focal_loss"
+# Numbered as in solutions/05_training_exercises.ipynb (Tasks 1-3 are in nb05_training).
+TASK_WMAP, TASK_STEP = "Task 4: the weight map", "Task 5: one training step"
+TASK_DICE, TASK_FOCAL = "Task 6: soft Dice loss", "Task 7: focal loss"
 # Epsilons learners add to probabilities before the log (1e-7 is Keras' default).
 _EPSILONS = [10.0 ** -k for k in range(3, 17)] + [torch.finfo(torch.float32).eps]
 
@@ -439,16 +441,23 @@ HINT_NO_SMOOTH = ("no smoothing: a class absent from the target and not predicte
                   "sum t + s) (the course uses s = 1): such a class then scores 1.")
 HINT_ARGMAX = ("argmax instead of probabilities: the loss has no gradient (argmax and one_hot cannot be "
                "differentiated). Use the probabilities themselves, softmax(logits, dim=1).")
+HINT_NO_GRAD = ("the loss has no gradient: it is cut off from the logits (a .detach(), a numpy step, or "
+                "torch.tensor(...) around a computed number); compute it with torch operations on the logits.")
+HINT_DICE_UNION = ("2 sum p t divided by the union sum p + sum t - sum p t (IoU's denominator): that ratio reaches 2 "
+                   "for a perfect prediction, a Dice above 1. Dice's denominator is sum p + sum t.")
 HINT_DICE_RANGE = ("the loss is outside [0, 1], i.e. a Dice above 1 or negative, impossible for probabilities "
                    "(2 sum p t <= sum p + sum t): apply softmax over the classes (dim=1), compute one Dice per "
                    "class and return 1 - their mean (not their sum).")
 
 
-def _soft_dice(p, t, smooth=1.0, dims=(0, 2, 3), factor=2.0, numerator=True, square=False, jaccard=False):
+def _soft_dice(p, t, smooth=1.0, dims=(0, 2, 3), factor=2.0, numerator=True, square=False, jaccard=False,
+               union=False):
     inter = (p * t).sum(dims)
     denominator = (p**2).sum(dims) + (t**2).sum(dims) if square else p.sum(dims) + t.sum(dims)
+    if jaccard or union:
+        denominator = denominator - inter
     if jaccard:
-        denominator, factor = denominator - inter, 1.0
+        factor = 1.0
     return 1 - ((factor * inter + (smooth if numerator else 0.0)) / (denominator + smooth)).mean()
 
 
@@ -476,6 +485,7 @@ _DICE_VARIANTS = [
      lambda l, t: _soft_dice(torch.softmax(l, 1), _onehot(l, t), numerator=False)),
     ("you squared the terms of the denominator (V-Net's form); the course's soft Dice uses sum p + sum t.",
      lambda l, t: _soft_dice(torch.softmax(l, 1), _onehot(l, t), square=True)),
+    (HINT_DICE_UNION, lambda l, t: _soft_dice(torch.softmax(l, 1), _onehot(l, t), union=True)),
 ]
 
 
@@ -506,7 +516,11 @@ def _diagnose_dice(case: Case, got: Any, fn: Callable) -> Optional[str]:
     if hint or not isinstance(got, torch.Tensor):
         return hint
     if not got.requires_grad:
-        return HINT_ARGMAX
+        logits, target = case.args[0].detach().double(), case.args[1]
+        hard = _onehot(logits, logits.argmax(1))
+        explained = any(_close_to(got, _soft_dice(hard, _onehot(logits, target), smooth=s), case.atol, case.rtol)
+                        for s in (1.0, 1e-6, 0.0))
+        return HINT_ARGMAX if explained else HINT_NO_GRAD
     if not torch.isfinite(got).all():
         return HINT_NO_SMOOTH
     hint = _matching_variant(case, got, fn, _DICE_VARIANTS)
@@ -586,6 +600,12 @@ _FOCAL_VARIANTS = [
      _focal_variant(lambda lp, pt, ce, g: (1 - pt) ** g * ce, torch.sum)),
     ("you summed over all classes: the focal loss of a pixel uses only its true class's p_t.",
      _focal_variant(lambda lp, pt, ce, g: -((1 - lp.exp()) ** g * lp).sum(1))),
+    ("a constant factor alpha = 0.25 (RetinaNet's alpha_t, copied from the detection paper): the course's "
+     "focal loss has no alpha, so that with gamma = 0 it equals plain cross-entropy.",
+     _focal_variant(lambda lp, pt, ce, g: 0.25 * (1 - pt) ** g * ce)),
+    ("a constant factor alpha = 0.75 (RetinaNet's alpha_t for the other class): the course's focal loss has no "
+     "alpha, so that with gamma = 0 it equals plain cross-entropy.",
+     _focal_variant(lambda lp, pt, ce, g: 0.75 * (1 - pt) ** g * ce)),
     ("sigmoid instead of softmax: the classes compete, so p_t comes from softmax over dim=1.",
      lambda l, t, g: (-(1 - torch.sigmoid(l)) ** g * F.logsigmoid(l)).gather(1, t[:, None]).mean()),
 ]
@@ -606,7 +626,8 @@ def _diagnose_focal(case: Case, got: Any, fn: Callable) -> Optional[str]:
             lambda lp, pt, ce, _: (1 - pt) ** 2 * ce)(l, t, g)))
     hint = _matching_variant(case, got, fn, variants, gamma)
     if hint:
-        return hint
+        # the gamma = 0 case is where "reduces to cross-entropy" is tested: say so with the mistake
+        return hint + (" " + HINT_GAMMA_ZERO if gamma == 0 and HINT_GAMMA_ZERO not in hint else "")
     target = case.args[1]
     p = torch.softmax(case.args[0].detach(), 1).gather(1, target[:, None])[:, 0].double()
     worst = _focal_parts(case.args[0].detach().double(), target)[2].max().item()
