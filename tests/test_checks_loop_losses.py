@@ -169,6 +169,8 @@ def _wmap(mistake):
             with np.errstate(divide="ignore", invalid="ignore"):
                 wc = fg * (n / (2 * n_fg)) + ~fg * (n / (2 * (n - n_fg)))
         ids = [i for i in np.unique(labels) if i != 0]
+        if mistake == "range-ids":  # assumes the ids are 1, 2, ..., max
+            ids = list(range(1, labels.max() + 1))
         if mistake == "centre":
             yy, xx = np.indices(labels.shape)
             maps = [np.hypot(yy - cy, xx - cx) for cy, cx in ndimage.center_of_mass(fg, labels, ids)]
@@ -209,6 +211,7 @@ def test_weight_map_accepts_correct_answers(fn, capsys):
         ("edt-of-mask", "distance_transform_edt measures the distance to the nearest zero"),
         ("two-classes", "w_c counted a class with no pixels"),
         ("divide-by-zero", "NaN or inf"),
+        ("range-ids", "distance maps for ids that no cell has (range(1, instances.max() + 1) with ids 1, 2, 5, 7)"),
     ],
 )
 def test_weight_map_names_the_misconception(mistake, misconception):

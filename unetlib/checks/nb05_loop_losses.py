@@ -274,6 +274,9 @@ HINT_ONE_CELL = ("with a single cell there is no second-nearest cell: d2 is infi
                  "(w = w_c), not w0 * exp(-d1**2 / (2 sigma**2)).")
 HINT_EDT_MASK = ("distance_transform_edt measures the distance to the nearest zero: pass instances != i (zero on "
                  "cell i), not the cell mask instances == i.")
+HINT_ABSENT_IDS = ("you computed distance maps for ids that no cell has (range(1, instances.max() + 1) with ids "
+                   "{ids}): an image without zeros gives distance_transform_edt no cell to measure to, so those "
+                   "maps are not distances to any cell. Loop over the ids present, np.unique(instances) without 0.")
 HINT_NO_BORDER = "the border term is missing: add w0 * exp(-(d1 + d2)**2 / (2 sigma**2)) on background pixels."
 HINT_WMAP_NAN = ("the map has NaN or inf values: a class without pixels (no cells) must not be divided by (its "
                  "weight is unused: 0), and with fewer than two cells there is no d2 and no border term.")
@@ -321,6 +324,13 @@ def _diagnose_wmap(case: Case, got: Any) -> Optional[str]:
         (HINT_WC_ABSENT, lambda: np.where(fg, n / (2 * max(n_fg, 1)), n / (2 * max(n - n_fg, 1))) + bg * border),
         (HINT_EDT_MASK, lambda: wc + bg * w0),
     ]
+    ids = np.unique(labels[fg])
+    if len(ids) and len(ids) < ids.max():  # ids with gaps: a loop over range(1, max + 1) meets absent ones
+        def absent_ids():
+            maps = np.sort(np.stack([ndimage.distance_transform_edt(labels != i) for i in range(1, ids.max() + 1)]
+                                    + [np.full(labels.shape, np.inf)] * 2), axis=0)
+            return wc + bg * term(maps[0], maps[1])
+        candidates.append((HINT_ABSENT_IDS.format(ids=", ".join(map(str, ids))), absent_ids))
     if not np.isfinite(d2).any():  # fewer than two cells
         candidates.append((HINT_ONE_CELL, lambda: wc + bg * term(d1, 0)))
     hint = _first_close(g, candidates, case.atol, case.rtol)
