@@ -1,4 +1,4 @@
-"""Command line: ``python -m unetlib train|predict|evaluate|synthetic ...``.
+"""Command line: ``python -m unetlib train|predict|evaluate|synthetic|grade ...``.
 
 Every sub-command is a thin layer over the Python API in :mod:`unetlib.train` (the notebooks
 call the same functions). Bad input never produces a traceback: the problem is printed as
@@ -131,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--n", type=int, default=8, help="number of images")
     sy.add_argument("--size", type=int, default=256, help="height and width")
     sy.add_argument("--seed", type=int, default=0, help="random seed")
+
+    # ---------------------------------------------------------------- grade
+    from .grade.command import add_arguments as add_grade_arguments
+
+    add_grade_arguments(sub.add_parser(
+        "grade", help="grade a class's exercise notebooks: grades.csv, feedback, class report",
+        description="Run each submitted exercise notebook in a fresh, limited kernel, grade its tasks with the "
+                    "course's checks (hidden cases too) and write grades.csv, one feedback file per learner "
+                    "and a class report of misconceptions. See docs/grading.md."))
     return parser
 
 
@@ -288,7 +297,14 @@ def _synthetic(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "synthetic": _synthetic}
+def _grade(args) -> int:
+    from .grade.command import run_grade
+
+    return run_grade(args)
+
+
+_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "synthetic": _synthetic,
+             "grade": _grade}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,272 @@
+"""Run one submitted notebook in a fresh, limited kernel and grade its tasks there.
+
+What happens to one submission:
+
+1. The notebook is read; the learner's check calls (``check_conv2d(conv2d)`` lines) are
+   replaced by ``pass``: they would only repeat, untrusted, what the grader does itself.
+2. Its code cells run one by one in a new kernel (nbclient), with ``UNETLIB_BUDGET=quick`` so
+   training cells are short, a per-cell time limit, a per-notebook time limit, the resource
+   limits of :mod:`unetlib.grade.limits`, and a cap on how much output is kept. A cell that
+   raises is noted and the next cell runs (``allow_errors``); a cell past its time limit is
+   interrupted (KeyboardInterrupt) and the next cell runs.
+3. If the kernel dies (``os._exit``, a crash, the CPU limit), the notebook is run again in a
+   new kernel without the cell that killed it (at most :data:`MAX_KERNEL_STARTS` kernels).
+4. A grading cell of the grader's own (:mod:`unetlib.grade.kernel_side`) takes each task's
+   function from the kernel's namespace and runs the course's check on it, hidden cases too.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .limits import KernelLimits
+from .registry import Exercise
+
+__all__ = ["RunSettings", "run_submission", "strip_check_calls", "MAX_KERNEL_STARTS"]
+
+#: Kernels one submission may use: the first, plus restarts after the kernel died.
+MAX_KERNEL_STARTS = 3
+# A learner's check call alone on its line, with its indentation (kept, so `pass` fits the block).
+_CHECK_LINE = re.compile(r"^([ \t]*)check_\w+\(.*\)[ \t;]*$", re.M)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How one submission is run; times in seconds.
+
+    cell_timeout:     longest a learner's cell may run before it is interrupted.
+    notebook_timeout: longest all the learner's cells together may run.
+    case_timeout:     longest one call of a learner's function may take during grading.
+    grading_timeout:  longest the grading cell may run (all tasks, visible and hidden cases).
+    hidden:           also run hidden cases (False for ``grade --self``).
+    limits:           the kernel's resource limits.
+    threads:          torch/OpenMP threads of each kernel (1 when kernels run side by side).
+    output_kb:        output kept per cell; the rest is dropped (a learner may print gigabytes).
+    """
+
+    cell_timeout: float = 120.0
+    notebook_timeout: float = 900.0
+    case_timeout: float = 30.0
+    grading_timeout: float = 600.0
+    hidden: bool = True
+    limits: KernelLimits = field(default_factory=KernelLimits)
+    threads: int = 1
+    output_kb: int = 64
+
+
+def strip_check_calls(source: str) -> str:
+    """``source`` with every line that is a bare ``check_*(...)`` call replaced by ``pass``."""
+    return _CHECK_LINE.sub(lambda m: f"{m.group(1)}pass", source)
+
+
+def _kernel_preexec(settings: RunSettings) -> Callable[[], None]:
+    """What the kernel's process does before it becomes the kernel (POSIX; see ``preexec_fn``).
+
+    * SIGINT back to its default: a grader started in the background (``cmd &``, nohup, cron)
+      passes SIGINT on as *ignored*, and then the interrupt that stops a cell past its time limit
+      would do nothing at all.
+    * Linux: die with the grader (PR_SET_PDEATHSIG), so a killed grader leaves no endless
+      learner loop running.
+    * the resource limits of :class:`~unetlib.grade.limits.KernelLimits`.
+    """
+    apply_limits = settings.limits.preexec()
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if sys.platform.startswith("linux"):
+            try:
+                ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+            except (OSError, AttributeError):
+                pass
+        if apply_limits is not None:
+            apply_limits()
+
+    return preexec
+
+
+def _kernel_environment(settings: RunSettings) -> dict:
+    env = dict(os.environ)
+    threads = str(max(1, settings.threads))
+    env.update({
+        "UNETLIB_BUDGET": "quick",                       # training cells: the short budget
+        "UNETLIB_CHECK_TIMEOUT": f"{settings.case_timeout:g}",
+        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+        "MPLBACKEND": "Agg",                             # figures render off-screen
+        "TQDM_DISABLE": "1",                             # progress bars would only fill the output
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    })
+    env.pop("UNETLIB_STRICT_CLAIMS", None)  # a lesson claim that misses is the learner's note, not a crash
+    return env
+
+
+def _client(notebook, settings: RunSettings, workdir: str):
+    """An nbclient NotebookClient for this interpreter's own kernel, keeping at most output_kb per cell."""
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_output
+
+    class ThisInterpreter(KernelSpecManager):
+        """Always the kernel of the Python running the grader (not another environment's "python3")."""
+
+        def get_kernel_spec(self, kernel_name):
+            from ipykernel.kernelspec import get_kernel_dict
+
+            return KernelSpec(resource_dir=workdir, **get_kernel_dict())
+
+    limit = settings.output_kb * 1024
+
+    class CappedOutputClient(NotebookClient):
+        kept: dict = {}
+
+        def output(self, outs, msg, display_id, cell_index):
+            content = msg.get("content", {})
+            if msg["msg_type"] == "error":  # always kept: it says what went wrong
+                content["traceback"] = content.get("traceback", [])[-20:]
+                return super().output(outs, msg, display_id, cell_index)
+            size = len(str(content.get("text", ""))) + sum(len(str(v)) for v in content.get("data", {}).values())
+            used = self.kept.get(cell_index, 0)
+            self.kept[cell_index] = used + size
+            if used + size > limit:
+                if used <= limit:
+                    outs.append(new_output("stream", name="stderr",
+                                           text=f"[grader: output past {settings.output_kb} KB dropped]\n"))
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    client = CappedOutputClient(notebook, timeout=int(settings.cell_timeout), allow_errors=True,
+                                interrupt_on_timeout=True, kernel_name="python3", record_timing=False)
+    client.kept = {}
+    # On POSIX the kernel talks over Unix sockets in the private work folder, not TCP ports that
+    # any local user could connect to (and run code in the learner's kernel).
+    transport = {"transport": "ipc", "ip": os.path.join(workdir, "kernel")} if os.name == "posix" else {}
+    client.km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisInterpreter(), **transport)
+    return client
+
+
+def _cell_problem(index: int, cell, seconds: float, limit: float) -> Optional[str]:
+    """One line on what went wrong in a cell, or None. Cell numbers are 1-based, as Jupyter counts."""
+    for output in cell.get("outputs", []):
+        if output.get("output_type") != "error":
+            continue
+        name, value = output.get("ename", "Error"), str(output.get("evalue", ""))
+        if name == "KeyboardInterrupt" and seconds >= limit - 1:
+            return f"cell {index + 1} ran longer than {limit:g} s and was stopped"
+        if name == "SystemExit":
+            return f"cell {index + 1} called sys.exit() (or exit()/quit()); the cells after it still ran"
+        value = value if len(value) <= 160 else value[:157] + "..."
+        return f"cell {index + 1} raised {name}: {value}"
+    return None
+
+
+def _grading_source(tasks: list[dict], hidden: bool, result_path: str) -> str:
+    return ("import importlib as __grader_importlib\n"
+            "__grader = __grader_importlib.reload(__grader_importlib.import_module('unetlib.grade.kernel_side'))\n"
+            f"__grader.grade_into_file(globals(), {tasks!r}, {hidden!r}, {result_path!r})\n")
+
+
+def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, workdir: str,
+              deadline: float) -> dict:
+    """One kernel's run: the cells (except ``skip``), then the grading cell.
+
+    Returns ``{"died_at": cell index, "grading", or None, "problems": [...], "tasks": [...] or None}``.
+    """
+    from nbclient.exceptions import DeadKernelError
+    from nbformat.v4 import new_code_cell
+
+    client = _client(notebook, settings, workdir)
+    problems, result_path = [], os.path.join(workdir, "grader-result.json")
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    client.reset_execution_trackers()
+    with client.setup_kernel(env=_kernel_environment(settings), cwd=workdir,
+                             preexec_fn=_kernel_preexec(settings) if os.name == "posix" else None):
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type != "code" or index in skip or not cell.source.strip():
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining < 1:
+                problems.append(f"the notebook ran out of its {settings.notebook_timeout:g} s; "
+                                f"cells {index + 1} and later were not run")
+                break
+            limit = min(settings.cell_timeout, remaining)
+            client.timeout = max(1, int(limit))
+            cell.outputs = []
+            started = time.monotonic()
+            try:
+                client.execute_cell(cell, index)
+            except DeadKernelError:
+                return {"died_at": index, "problems": problems, "tasks": None}
+            problem = _cell_problem(index, cell, time.monotonic() - started, client.timeout)
+            if problem:
+                problems.append(problem)
+        tasks = [{"function": task.function, "check": task.check} for task in exercise.tasks]
+        grading = new_code_cell(_grading_source(tasks, settings.hidden, result_path))
+        client.timeout = max(1, int(settings.grading_timeout))
+        notebook.cells.append(grading)  # nbclient stores a cell's outputs in the notebook by index
+        try:
+            client.execute_cell(grading, len(notebook.cells) - 1)
+        except DeadKernelError:
+            problems.append("the kernel died while your functions were being checked")
+        finally:
+            notebook.cells.pop()
+        error = _cell_problem(len(notebook.cells), grading, 0, float("inf"))
+        if error and not os.path.exists(result_path):
+            problems.append(f"grading could not run: {error.split(' ', 2)[2]}")
+    graded = None
+    if os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as handle:
+            graded = json.load(handle)
+    return {"died_at": None, "problems": problems, "tasks": graded}
+
+
+def run_submission(path: Path, exercise: Exercise, settings: RunSettings) -> dict:
+    """Execute and grade one notebook; never raises for anything the learner did.
+
+    Returns ``{"status": str, "problems": [str], "tasks": [per-task dicts from the kernel, or None],
+    "seconds": float}``; status is "graded", "unreadable" (not a notebook) or "not graded" (no
+    grading result came back, e.g. the kernel kept dying).
+    """
+    import nbformat
+
+    started = time.monotonic()
+    try:
+        notebook = nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - not JSON, not a notebook, unreadable file
+        return {"status": "unreadable", "problems": [f"not a readable notebook: {type(exc).__name__}: {exc}"],
+                "tasks": None, "seconds": round(time.monotonic() - started, 2)}
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_check_calls(cell.source)
+    workdir = tempfile.mkdtemp(prefix="unetlib-grade-")
+    deadline = started + settings.notebook_timeout
+    problems, skip, outcome = [], set(), None
+    try:
+        for _ in range(MAX_KERNEL_STARTS):
+            outcome = _run_once(notebook, exercise, settings, skip, workdir, deadline)
+            problems += outcome["problems"]
+            if outcome["died_at"] is None:
+                break
+            skip.add(outcome["died_at"])
+            problems.append(f"cell {outcome['died_at'] + 1} ended the kernel (os._exit, a crash, or the CPU-time "
+                            "limit); the notebook was run again without it")
+        else:
+            problems.append(f"the kernel died {MAX_KERNEL_STARTS} times; gave up")
+    except Exception as exc:  # noqa: BLE001 - e.g. the kernel would not start: report, do not crash the class
+        problems.append(f"the notebook could not be run: {type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    tasks = outcome["tasks"] if outcome else None
+    return {"status": "graded" if tasks is not None else "not graded", "problems": problems, "tasks": tasks,
+            "seconds": round(time.monotonic() - started, 2)}
