@@ -189,6 +189,11 @@ def grade_into_file(namespace: dict, tasks: list[dict], hidden: bool, path: str)
     _fresh_checks()
     results = []
     for task in tasks:
+        # Written first, replaced when the task is done: if the learner's function kills the
+        # kernel, the file still says which task did it (and keeps the earlier tasks' results).
+        _write(path, results + [{"function": task["function"], "check": task["check"], "status": "error",
+                                 "note": "your function ended the kernel (os._exit, or a crash) while it was "
+                                         "being checked", "visible": None, "hidden": None}])
         try:
             results.append(grade_task(namespace, task, hidden))
         except KeyboardInterrupt:
@@ -196,8 +201,12 @@ def grade_into_file(namespace: dict, tasks: list[dict], hidden: bool, path: str)
         except BaseException as exc:  # noqa: BLE001 - never lose the other tasks' results
             results.append({"function": task["function"], "check": task["check"], "status": "error",
                             "note": f"grading failed: {type(exc).__name__}: {exc}", "visible": None, "hidden": None})
-        with open(path, "w", encoding="utf-8") as handle:  # after each task: a later hang keeps these
-            json.dump(results, handle)
+        _write(path, results)  # after each task: a later hang or crash keeps these
+
+
+def _write(path: str, results: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle)
 
 
 def misconception(message: Optional[str]) -> Optional[str]:
