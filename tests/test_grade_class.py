@@ -4,7 +4,7 @@ Every submission is built from the real solution (or exercise) notebook of exerc
 runs in seconds; each one changes what one kind of learner hands in: a wrong answer with a
 known misconception, a cell that raises, an endless loop, sys.exit(), os._exit() (a dead
 kernel), a renamed or deleted function, deleted check cells, huge output, a warning on stderr,
-the untouched exercise, a file that is no notebook. The grades, the feedback and the class
+a file that is no notebook (and, graded with --self, the untouched exercise). The grades, the feedback and the class
 report must come out exactly as the comments say.
 """
 from __future__ import annotations
@@ -57,23 +57,42 @@ def _delete_check_cells(notebook) -> None:
 def build_class(folder: Path) -> dict[str, str]:
     """Write the class's notebooks into ``folder``; returns ``{learner: what they handed in}``."""
     solution = _tasks_only(ROOT / "solutions" / f"{EXERCISE}.ipynb")
-    stub = _tasks_only(ROOT / "exercises" / f"{EXERCISE}.ipynb")
     learners = {}
 
     def hand_in(learner: str, notebook, what: str) -> None:
         nbformat.write(notebook, folder / f"{learner}_{EXERCISE}.ipynb")
         learners[learner] = what
 
-    hand_in("alice", copy.deepcopy(solution), "the solution")
+    # Right, but count_pairs written another way than the solution (which carol and dave keep),
+    # with a warning on stderr that costs nothing.
+    alice = copy.deepcopy(solution)
+    _replace_body(alice, "count_pairs", """
+    import warnings
+    warnings.warn("a warning on stderr costs nothing")
+    total = 0
+    for cell_id in set(np.asarray(segments).ravel().tolist()) - {0}:
+        n = int((np.asarray(segments) == cell_id).sum())
+        total += n * (n - 1) // 2
+    return total
+""")
+    hand_in("alice", alice, "right, count_pairs by a loop")
 
-    bob = copy.deepcopy(solution)  # ordered pairs (tasks 2 and 3 divide it away), then a dead kernel
+    # Ordered pairs (tasks 2 and 3 divide the factor 2 away), split and merge swapped, a dead kernel.
+    bob = copy.deepcopy(solution)
     _replace_body(bob, "count_pairs", """
     segments = np.asarray(segments)
     sizes = np.unique(segments[segments != 0], return_counts=True)[1].astype(np.int64)
     return int(np.sum(sizes * (sizes - 1)))
 """)
+    _replace_body(bob, "split_merge_errors", """
+    pred, truth = np.asarray(pred).astype(np.int64), np.asarray(truth).astype(np.int64)
+    scored = truth != 0
+    t, p = truth[scored], pred[scored]
+    both = count_pairs(np.where(p != 0, t * (pred.max() + 1) + p, 0))
+    return 1.0 - both / count_pairs(p), 1.0 - both / count_pairs(t)
+""")
     _insert_code(bob, "rand_error_by_hand", "import os\nos._exit(1)")
-    hand_in("bob", bob, "count_pairs counts ordered pairs; os._exit() kills the kernel")
+    hand_in("bob", bob, "ordered pairs, split and merge swapped, os._exit() kills the kernel")
 
     # A cell that raises, 5 MB of output, sys.exit(), no check cells, a function renamed, one deleted.
     carol = copy.deepcopy(solution)
@@ -90,26 +109,6 @@ def build_class(folder: Path) -> dict[str, str]:
     _replace_body(dave, "split_merge_errors", "    while True:\n        time.sleep(0.05)\n")
     hand_in("dave", dave, "an endless cell and an endless function")
 
-    frank = copy.deepcopy(solution)  # count_pairs written another way (with a warning), split/merge swapped
-    _replace_body(frank, "count_pairs", """
-    import warnings
-    warnings.warn("a warning on stderr costs nothing")
-    total = 0
-    for cell_id in set(np.asarray(segments).ravel().tolist()) - {0}:
-        n = int((np.asarray(segments) == cell_id).sum())
-        total += n * (n - 1) // 2
-    return total
-""")
-    _replace_body(frank, "split_merge_errors", """
-    pred, truth = np.asarray(pred).astype(np.int64), np.asarray(truth).astype(np.int64)
-    scored = truth != 0
-    t, p = truth[scored], pred[scored]
-    both = count_pairs(np.where(p != 0, t * (pred.max() + 1) + p, 0))
-    return 1.0 - both / count_pairs(p), 1.0 - both / count_pairs(t)
-""")
-    hand_in("frank", frank, "count_pairs by a loop, split and merge swapped")
-
-    hand_in("hank", copy.deepcopy(stub), "the untouched exercise")
     (folder / f"ivan_{EXERCISE}.ipynb").write_text("{ this is not a notebook", encoding="utf-8")
     learners["ivan"] = "a file that is not a notebook"
     return learners
@@ -145,11 +144,11 @@ def test_every_learner_gets_a_row_with_the_expected_points(graded):
     points = {learner: (row[COUNT_PAIRS], row[RAND], row[SPLIT_MERGE], row["total"]) for learner, row in rows.items()}
     assert points == {
         "alice": ("1", "1", "1", "3"),
-        "bob": ("0", "1", "1", "2"),      # ordered pairs: every count doubled; the ratios are not
+        # ordered pairs double every count, which tasks 2 and 3 divide away; swapped split and
+        # merge pass only 1 of 12 cases (the perfect prediction: no split, no merge)
+        "bob": ("0", "1", "0.08", "1.08"),
         "carol": ("1", "1", "0", "2"),    # the renamed function is graded, the deleted one is missing
         "dave": ("1", "1", "0", "2"),     # the endless function times out on every case
-        "frank": ("1", "1", "0.08", "2.08"),  # swapped: only 1 of 12 cases (no split, no merge) passes
-        "hank": ("0", "0", "0", "0"),
         "ivan": ("0", "0", "0", "0"),
     }
     assert {row["max_points"] for row in rows.values()} == {"3"}
@@ -173,13 +172,11 @@ def test_task_records_carry_the_checks_message_and_misconception(graded):
     bob = tasks[("bob", "count_pairs")]
     assert bob["status"] == "failed" and bob["misconception"] == nb06._ORDERED
     assert bob["message"].startswith("Task 1 count_pairs: case ")
-    assert tasks[("frank", "split_merge_errors")]["misconception"] == nb06._SWAPPED
-    assert tasks[("frank", "count_pairs")]["status"] == "passed"  # same answer, written differently
+    assert tasks[("bob", "split_merge_errors")]["misconception"] == nb06._SWAPPED
+    assert tasks[("alice", "count_pairs")]["status"] == "passed"  # the same answer, written differently
     assert "did not return within 1 s" in tasks[("dave", "split_merge_errors")]["message"]
     assert tasks[("carol", "split_merge_errors")]["status"] == "missing"
     assert "rand_eror_by_hand" in tasks[("carol", "rand_error_by_hand")]["note"]
-    assert {tasks[("hank", f)]["status"] for f in ("count_pairs", "rand_error_by_hand", "split_merge_errors")} \
-        == {"not attempted"}
     alice = tasks[("alice", "count_pairs")]
     assert (alice["passed"], alice["total"]) == (7, 7) and alice["hidden_total"] > 0
     assert alice["hidden_passed"] == alice["hidden_total"]
@@ -190,16 +187,16 @@ def test_feedback_files_repeat_the_check_message(graded):
     files = {path.stem for path in (out / "feedback").glob("*.md")}
     assert files == set(learners)
     bob = (out / "feedback" / "bob.md").read_text(encoding="utf-8")
-    assert "Score: 2 of 3 points" in bob and nb06._ORDERED in bob
-    assert "NotImplementedError" in (out / "feedback" / "hank.md").read_text(encoding="utf-8")
+    assert "Score: 1.08 of 3 points" in bob and nb06._ORDERED in bob and nb06._SWAPPED in bob
+    assert "raised ZeroDivisionError: division by zero" in (out / "feedback" / "carol.md").read_text(encoding="utf-8")
 
 
 def test_class_report_counts_learners_per_misconception(graded):
     out, _ = graded
     report = (out / "class_report.md").read_text(encoding="utf-8")
-    assert f"- **1 of 7** ({COUNT_PAIRS}): {nb06._ORDERED}" in report
-    assert f"- **1 of 7** ({SPLIT_MERGE}): {nb06._SWAPPED}" in report
-    assert f"| {COUNT_PAIRS} (Task 1 count_pairs) | 4 of 7 |" in report
+    assert f"- **1 of 5** ({COUNT_PAIRS}): {nb06._ORDERED}" in report
+    assert f"- **1 of 5** ({SPLIT_MERGE}): {nb06._SWAPPED}" in report
+    assert f"| {COUNT_PAIRS} (Task 1 count_pairs) | 3 of 5 |" in report
     assert (out / "class_report.png").stat().st_size > 1000
     with open(out / "misconceptions.csv", newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 2
@@ -212,3 +209,13 @@ def test_nbgrader_export_layout(graded):
     assert list(rows[0]) == ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name",
                              "email", "raw_score", "late_submission_penalty", "score", "max_score"]
     assert {r["student_id"]: r["score"] for r in rows}["alice"] == "3"
+
+
+def test_self_grading_shows_the_learner_what_the_grader_says(tmp_path, capsys):
+    """``grade --self`` on the untouched exercise: every task not attempted, no hidden cases run."""
+    stub = tmp_path / f"{EXERCISE}.ipynb"
+    nbformat.write(_tasks_only(ROOT / "exercises" / f"{EXERCISE}.ipynb"), stub)
+    assert main(["grade", "--self", str(stub), "--cell-timeout", "30"]) == 0
+    shown = capsys.readouterr().out
+    assert "Score: 0 of 3 points" in shown and shown.count(": not attempted (0/1 points") == 3
+    assert "NotImplementedError" in shown and "hidden cases," not in shown
