@@ -9,8 +9,9 @@ What happens to one submission:
    limits of :mod:`unetlib.grade.limits`, and a cap on how much output is kept. A cell that
    raises is noted and the next cell runs (``allow_errors``); a cell past its time limit is
    interrupted (KeyboardInterrupt) and the next cell runs.
-3. If the kernel dies (``os._exit``, a crash, the CPU limit), the notebook is run again in a
-   new kernel without the cell that killed it (at most :data:`MAX_KERNEL_STARTS` kernels).
+3. If the kernel dies (``os._exit``, a crash, the CPU limit), or a cell goes on after it was
+   interrupted (it catches KeyboardInterrupt), the notebook is run again in a new kernel
+   without that cell (at most :data:`MAX_KERNEL_STARTS` kernels).
 4. A grading cell of the grader's own (:mod:`unetlib.grade.kernel_side`) takes each task's
    function from the kernel's namespace and runs the course's check on it, hidden cases too.
 """
@@ -145,8 +146,12 @@ def _client(notebook, settings: RunSettings, workdir: str):
 
     from jupyter_client.manager import AsyncKernelManager
 
+    # error_on_timeout: after a time-out and the interrupt, go on at once (without it nbclient
+    # waits for the cell again, forever if the learner's code ignores the interrupt).
     client = CappedOutputClient(notebook, timeout=int(settings.cell_timeout), allow_errors=True,
-                                interrupt_on_timeout=True, kernel_name="python3", record_timing=False)
+                                interrupt_on_timeout=True, kernel_name="python3", record_timing=False,
+                                error_on_timeout={"ename": "CellTimeoutError", "evalue": "time limit reached",
+                                                  "traceback": []})
     client.kept = {}
     # On POSIX the kernel talks over Unix sockets in the private work folder, not TCP ports that
     # any local user could connect to (and run code in the learner's kernel).
@@ -170,6 +175,25 @@ def _cell_problem(index: int, cell, seconds: float, limit: float) -> Optional[st
     return None
 
 
+def _responds(client, notebook, seconds: int = 10) -> bool:
+    """True when the kernel runs an empty cell within ``seconds`` (after a cell was interrupted)."""
+    from nbclient.exceptions import DeadKernelError
+    from nbformat.v4 import new_code_cell
+
+    probe = new_code_cell("pass")
+    notebook.cells.append(probe)
+    saved, client.timeout = client.timeout, seconds
+    started = time.monotonic()
+    try:
+        client.execute_cell(probe, len(notebook.cells) - 1)
+    except DeadKernelError:
+        return False
+    finally:
+        notebook.cells.pop()
+        client.timeout = saved
+    return time.monotonic() - started < seconds - 0.5
+
+
 def _grading_source(tasks: list[dict], hidden: bool, result_path: str) -> str:
     return ("import importlib as __grader_importlib\n"
             "__grader = __grader_importlib.reload(__grader_importlib.import_module('unetlib.grade.kernel_side'))\n"
@@ -180,7 +204,8 @@ def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, wo
               deadline: float) -> dict:
     """One kernel's run: the cells (except ``skip``), then the grading cell.
 
-    Returns ``{"died_at": cell index, "grading", or None, "problems": [...], "tasks": [...] or None}``.
+    Returns ``{"died_at": index of the cell that killed or hung the kernel, or None, "stuck": whether
+    it hung, "problems": [...], "tasks": [...] or None}``.
     """
     from nbclient.exceptions import DeadKernelError
     from nbformat.v4 import new_code_cell
@@ -207,8 +232,12 @@ def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, wo
             try:
                 client.execute_cell(cell, index)
             except DeadKernelError:
-                return {"died_at": index, "problems": problems, "tasks": None}
-            problem = _cell_problem(index, cell, time.monotonic() - started, client.timeout)
+                return {"died_at": index, "stuck": False, "problems": problems, "tasks": None}
+            elapsed = time.monotonic() - started
+            if elapsed >= client.timeout - 0.5 and not _responds(client, notebook):
+                # The interrupt did not stop the cell (it catches KeyboardInterrupt, or is stuck in C).
+                return {"died_at": index, "stuck": True, "problems": problems, "tasks": None}
+            problem = _cell_problem(index, cell, elapsed, client.timeout)
             if problem:
                 problems.append(problem)
         tasks = [{"function": task.function, "check": task.check} for task in exercise.tasks]
@@ -228,7 +257,7 @@ def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, wo
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
             graded = json.load(handle)
-    return {"died_at": None, "problems": problems, "tasks": graded}
+    return {"died_at": None, "stuck": False, "problems": problems, "tasks": graded}
 
 
 def run_submission(path: Path, exercise: Exercise, settings: RunSettings) -> dict:
@@ -259,8 +288,12 @@ def run_submission(path: Path, exercise: Exercise, settings: RunSettings) -> dic
             if outcome["died_at"] is None:
                 break
             skip.add(outcome["died_at"])
-            problems.append(f"cell {outcome['died_at'] + 1} ended the kernel (os._exit, a crash, or the CPU-time "
-                            "limit); the notebook was run again without it")
+            if outcome["stuck"]:
+                problems.append(f"cell {outcome['died_at'] + 1} ran longer than {settings.cell_timeout:g} s and "
+                                "did not stop when interrupted; the notebook was run again without it")
+            else:
+                problems.append(f"cell {outcome['died_at'] + 1} ended the kernel (os._exit, a crash, or the "
+                                "CPU-time limit); the notebook was run again without it")
         else:
             problems.append(f"the kernel died {MAX_KERNEL_STARTS} times; gave up")
     except Exception as exc:  # noqa: BLE001 - e.g. the kernel would not start: report, do not crash the class
