@@ -200,12 +200,13 @@ def _grading_source(tasks: list[dict], hidden: bool, result_path: str) -> str:
             f"__grader.grade_into_file(globals(), {tasks!r}, {hidden!r}, {result_path!r})\n")
 
 
-def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, workdir: str,
+def _run_once(notebook, tasks: list, settings: RunSettings, skip: set, workdir: str,
               deadline: float) -> dict:
-    """One kernel's run: the cells (except ``skip``), then the grading cell.
+    """One kernel's run: the cells (except ``skip``), then the grading cell for ``tasks`` (Task list).
 
     Returns ``{"died_at": index of the cell that killed or hung the kernel, or None, "stuck": whether
-    it hung, "problems": [...], "tasks": [...] or None}``.
+    it hung, "grading_died": whether the kernel died while grading, "problems": [...],
+    "tasks": [...] or None}``.
     """
     from nbclient.exceptions import DeadKernelError
     from nbformat.v4 import new_code_cell
@@ -232,22 +233,23 @@ def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, wo
             try:
                 client.execute_cell(cell, index)
             except DeadKernelError:
-                return {"died_at": index, "stuck": False, "problems": problems, "tasks": None}
+                return {"died_at": index, "stuck": False, "grading_died": False, "problems": problems, "tasks": None}
             elapsed = time.monotonic() - started
             if elapsed >= client.timeout - 0.5 and not _responds(client, notebook):
                 # The interrupt did not stop the cell (it catches KeyboardInterrupt, or is stuck in C).
-                return {"died_at": index, "stuck": True, "problems": problems, "tasks": None}
+                return {"died_at": index, "stuck": True, "grading_died": False, "problems": problems, "tasks": None}
             problem = _cell_problem(index, cell, elapsed, client.timeout)
             if problem:
                 problems.append(problem)
-        tasks = [{"function": task.function, "check": task.check} for task in exercise.tasks]
-        grading = new_code_cell(_grading_source(tasks, settings.hidden, result_path))
+        grading_died = False
+        wanted = [{"function": task.function, "check": task.check} for task in tasks]
+        grading = new_code_cell(_grading_source(wanted, settings.hidden, result_path))
         client.timeout = max(1, int(settings.grading_timeout))
         notebook.cells.append(grading)  # nbclient stores a cell's outputs in the notebook by index
         try:
             client.execute_cell(grading, len(notebook.cells) - 1)
         except DeadKernelError:
-            problems.append("the kernel died while your functions were being checked")
+            grading_died = True
         finally:
             notebook.cells.pop()
         error = _cell_problem(len(notebook.cells), grading, 0, float("inf"))
@@ -257,7 +259,7 @@ def _run_once(notebook, exercise: Exercise, settings: RunSettings, skip: set, wo
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
             graded = json.load(handle)
-    return {"died_at": None, "stuck": False, "problems": problems, "tasks": graded}
+    return {"died_at": None, "stuck": False, "grading_died": grading_died, "problems": problems, "tasks": graded}
 
 
 def run_submission(path: Path, exercise: Exercise, settings: RunSettings) -> dict:
@@ -280,26 +282,35 @@ def run_submission(path: Path, exercise: Exercise, settings: RunSettings) -> dic
             cell.source = strip_check_calls(cell.source)
     workdir = tempfile.mkdtemp(prefix="unetlib-grade-")
     deadline = started + settings.notebook_timeout
-    problems, skip, outcome = [], set(), None
+    restarts, skip, problems, graded = [], set(), [], None
+    remaining = list(exercise.tasks)
     try:
         for _ in range(MAX_KERNEL_STARTS):
-            outcome = _run_once(notebook, exercise, settings, skip, workdir, deadline)
-            problems += outcome["problems"]
-            if outcome["died_at"] is None:
+            outcome = _run_once(notebook, remaining, settings, skip, workdir, deadline)
+            problems = outcome["problems"]  # the last run's: an earlier run's cells ran again
+            if outcome["died_at"] is not None:
+                skip.add(outcome["died_at"])
+                cell = outcome["died_at"] + 1
+                restarts.append(f"cell {cell} ran longer than {settings.cell_timeout:g} s and did not stop when "
+                                "interrupted; the notebook was run again without it" if outcome["stuck"] else
+                                f"cell {cell} ended the kernel (os._exit, a crash, or the CPU-time limit); the "
+                                "notebook was run again without it")
+                continue
+            if outcome["tasks"] is not None:
+                graded = (graded or []) + outcome["tasks"]
+            done = len(outcome["tasks"] or [])
+            if not (outcome["grading_died"] and 0 < done < len(remaining)):
                 break
-            skip.add(outcome["died_at"])
-            if outcome["stuck"]:
-                problems.append(f"cell {outcome['died_at'] + 1} ran longer than {settings.cell_timeout:g} s and "
-                                "did not stop when interrupted; the notebook was run again without it")
-            else:
-                problems.append(f"cell {outcome['died_at'] + 1} ended the kernel (os._exit, a crash, or the "
-                                "CPU-time limit); the notebook was run again without it")
+            # A function killed the kernel while being checked: its task keeps that note (the
+            # kernel side wrote it first); the tasks after it are checked in a new kernel.
+            restarts.append(f"the kernel died while `{remaining[done - 1].function}` was being checked; "
+                            "the tasks after it were checked in a new kernel")
+            remaining = remaining[done:]
         else:
-            problems.append(f"the kernel died {MAX_KERNEL_STARTS} times; gave up")
+            restarts.append(f"the kernel died {MAX_KERNEL_STARTS} times; gave up")
     except Exception as exc:  # noqa: BLE001 - e.g. the kernel would not start: report, do not crash the class
         problems.append(f"the notebook could not be run: {type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    tasks = outcome["tasks"] if outcome else None
-    return {"status": "graded" if tasks is not None else "not graded", "problems": problems, "tasks": tasks,
-            "seconds": round(time.monotonic() - started, 2)}
+    return {"status": "graded" if graded is not None else "not graded", "problems": restarts + problems,
+            "tasks": graded, "seconds": round(time.monotonic() - started, 2)}

@@ -192,8 +192,8 @@ def grade_into_file(namespace: dict, tasks: list[dict], hidden: bool, path: str)
         # Written first, replaced when the task is done: if the learner's function kills the
         # kernel, the file still says which task did it (and keeps the earlier tasks' results).
         _write(path, results + [{"function": task["function"], "check": task["check"], "status": "error",
-                                 "note": "your function ended the kernel (os._exit, or a crash) while it was "
-                                         "being checked", "visible": None, "hidden": None}])
+                                 "note": "the kernel stopped while this function was being checked (it called "
+                                         "os._exit(), crashed, or ran past the grading time limit)", "visible": None, "hidden": None}])
         try:
             results.append(grade_task(namespace, task, hidden))
         except KeyboardInterrupt:

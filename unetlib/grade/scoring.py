@@ -47,8 +47,8 @@ def score_task(task: Task, found: Optional[dict], scoring: str) -> dict:
     if kernel_status == "not_attempted":
         record["status"] = "not attempted"
         return record
-    if kernel_status == "error":
-        record["message"] = found.get("note")
+    if kernel_status == "error":  # the kernel stopped during this task (os._exit, a crash, time): 0 points
+        record.update(status="failed", message=found.get("note"), note=None)
         return record
     record["message"] = visible.get("message") or hidden.get("message")
     record["misconception"] = misconception(record["message"])
