@@ -213,3 +213,24 @@ def test_kernel_limits_reach_the_child_process():
                            text=True, check=True).stdout.split()
     assert shown == [str(1024 * 2**20), "30"]
     assert KernelLimits(0, 0, 0).preexec() is None
+
+
+def test_shifted_seeds_give_other_inputs_to_the_same_check():
+    from unetlib.checks import check_fuse_additive
+    from unetlib.checks import nb03_fcn_unet as nb03
+
+    (variant,) = VARIANTS["check_fuse_additive"]
+    seen = {"visible": [], "hidden": []}
+
+    def recorder(into):
+        def fuse_additive(*args, **kwargs):
+            into.append([a.clone() for a in args if hasattr(a, "clone")])
+            return None  # wrong on purpose: only the inputs matter here
+        return fuse_additive
+
+    _run_check_recorded(check_fuse_additive, recorder(seen["visible"]), {})
+    _run_check_recorded(check_fuse_additive, recorder(seen["hidden"]), variant(nb03))
+    visible, hidden = seen["visible"][0], seen["hidden"][0]
+    assert [t.shape for t in visible] == [t.shape for t in hidden]  # the same kind of case ...
+    assert any(not (v == h).all() for v, h in zip(visible, hidden))  # ... with other values
+    assert nb03.torch.Generator is __import__("torch").Generator  # restored after the run
