@@ -234,3 +234,15 @@ def test_shifted_seeds_give_other_inputs_to_the_same_check():
     assert [t.shape for t in visible] == [t.shape for t in hidden]  # the same kind of case ...
     assert any(not (v == h).all() for v, h in zip(visible, hidden))  # ... with other values
     assert nb03.torch.Generator is __import__("torch").Generator  # restored after the run
+
+
+def test_points_come_from_the_solution_check_cells_metadata(tmp_path, capsys):
+    check = nbformat.v4.new_code_cell("check_count_pairs(count_pairs)", metadata={"unetlib": {"points": 2.5}})
+    cells = [nbformat.v4.new_code_cell("def count_pairs(s):\n    return 0"), check,
+             nbformat.v4.new_code_cell("check_iou(iou)")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "07_extra_exercises.ipynb")
+    exercise = load_exercises(tmp_path)["07_extra_exercises"]
+    assert [(t.function, t.points) for t in exercise.tasks] == [("count_pairs", 2.5), ("iou", 1.0)]
+    assert exercise.max_points == 3.5
+    assert main(["grade", str(tmp_path), "--solutions", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no solution notebooks with check cells in" in capsys.readouterr().err
