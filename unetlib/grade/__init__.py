@@ -11,6 +11,7 @@ One idea per module:
 * :mod:`~unetlib.grade.registry`: exercises and tasks, read from the solution notebooks; points.
 * :mod:`~unetlib.grade.inputs`: folders, globs and LMS zips; learner ids from file names.
 * :mod:`~unetlib.grade.execute`: one notebook in one limited kernel (nbclient), timeouts, restarts.
+* :mod:`~unetlib.grade.kernel`: starting that kernel (environment, limits, capped output).
 * :mod:`~unetlib.grade.limits`: the kernel's memory, CPU-time and file-size limits.
 * :mod:`~unetlib.grade.kernel_side`: the checks, case by case, inside the learner's kernel.
 * :mod:`~unetlib.grade.hidden`: hidden-case variants of the checks (other seeds and sizes).

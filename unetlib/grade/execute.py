@@ -17,19 +17,17 @@ What happens to one submission:
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
+from .kernel import kernel_environment, kernel_preexec, notebook_client
 from .limits import KernelLimits
 from .registry import Exercise
 
@@ -70,108 +68,25 @@ def strip_check_calls(source: str) -> str:
     return _CHECK_LINE.sub(lambda m: f"{m.group(1)}pass", source)
 
 
-def _kernel_preexec(settings: RunSettings) -> Callable[[], None]:
-    """What the kernel's process does before it becomes the kernel (POSIX; see ``preexec_fn``).
-
-    * SIGINT back to its default: a grader started in the background (``cmd &``, nohup, cron)
-      passes SIGINT on as *ignored*, and then the interrupt that stops a cell past its time limit
-      would do nothing at all.
-    * Linux: die with the grader (PR_SET_PDEATHSIG), so a killed grader leaves no endless
-      learner loop running.
-    * the resource limits of :class:`~unetlib.grade.limits.KernelLimits`.
-    """
-    apply_limits = settings.limits.preexec()
-
-    def preexec() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if sys.platform.startswith("linux"):
-            try:
-                ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-            except (OSError, AttributeError):
-                pass
-        if apply_limits is not None:
-            apply_limits()
-
-    return preexec
-
-
-def _kernel_environment(settings: RunSettings) -> dict:
-    env = dict(os.environ)
-    threads = str(max(1, settings.threads))
-    env.update({
-        "UNETLIB_BUDGET": "quick",                       # training cells: the short budget
-        "UNETLIB_CHECK_TIMEOUT": f"{settings.case_timeout:g}",
-        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-        "MPLBACKEND": "Agg",                             # figures render off-screen
-        "TQDM_DISABLE": "1",                             # progress bars would only fill the output
-        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-    })
-    env.pop("UNETLIB_STRICT_CLAIMS", None)  # a lesson claim that misses is the learner's note, not a crash
-    return env
-
-
-def _client(notebook, settings: RunSettings, workdir: str):
-    """An nbclient NotebookClient for this interpreter's own kernel, keeping at most output_kb per cell."""
-    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from nbclient import NotebookClient
-    from nbformat.v4 import new_output
-
-    class ThisInterpreter(KernelSpecManager):
-        """Always the kernel of the Python running the grader (not another environment's "python3")."""
-
-        def get_kernel_spec(self, kernel_name):
-            from ipykernel.kernelspec import get_kernel_dict
-
-            return KernelSpec(resource_dir=workdir, **get_kernel_dict())
-
-    limit = settings.output_kb * 1024
-
-    class CappedOutputClient(NotebookClient):
-        kept: dict = {}
-
-        def output(self, outs, msg, display_id, cell_index):
-            content = msg.get("content", {})
-            if msg["msg_type"] == "error":  # always kept: it says what went wrong
-                content["traceback"] = content.get("traceback", [])[-20:]
-                return super().output(outs, msg, display_id, cell_index)
-            size = len(str(content.get("text", ""))) + sum(len(str(v)) for v in content.get("data", {}).values())
-            used = self.kept.get(cell_index, 0)
-            self.kept[cell_index] = used + size
-            if used + size > limit:
-                if used <= limit:
-                    outs.append(new_output("stream", name="stderr",
-                                           text=f"[grader: output past {settings.output_kb} KB dropped]\n"))
-                return None
-            return super().output(outs, msg, display_id, cell_index)
-
-    from jupyter_client.manager import AsyncKernelManager
-
-    # error_on_timeout: after a time-out and the interrupt, go on at once (without it nbclient
-    # waits for the cell again, forever if the learner's code ignores the interrupt).
-    client = CappedOutputClient(notebook, timeout=int(settings.cell_timeout), allow_errors=True,
-                                interrupt_on_timeout=True, kernel_name="python3", record_timing=False,
-                                error_on_timeout={"ename": "CellTimeoutError", "evalue": "time limit reached",
-                                                  "traceback": []})
-    client.kept = {}
-    # On POSIX the kernel talks over Unix sockets in the private work folder, not TCP ports that
-    # any local user could connect to (and run code in the learner's kernel).
-    transport = {"transport": "ipc", "ip": os.path.join(workdir, "kernel")} if os.name == "posix" else {}
-    client.km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisInterpreter(), **transport)
-    return client
+def _cell_name(index: int, cell) -> str:
+    """``cell 5 (`import sys`)``: its 1-based position (markdown cells count) and first line, to find it by."""
+    first = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
+    first = first if len(first) <= 40 else first[:37] + "..."
+    return f"cell {index + 1} (`{first}`)" if first else f"cell {index + 1}"
 
 
 def _cell_problem(index: int, cell, seconds: float, limit: float) -> Optional[str]:
-    """One line on what went wrong in a cell, or None. Cell numbers are 1-based, as Jupyter counts."""
+    """One line on what went wrong in a cell, or None."""
     for output in cell.get("outputs", []):
         if output.get("output_type") != "error":
             continue
         name, value = output.get("ename", "Error"), str(output.get("evalue", ""))
         if name == "KeyboardInterrupt" and seconds >= limit - 1:
-            return f"cell {index + 1} ran longer than {limit:g} s and was stopped"
+            return f"{_cell_name(index, cell)} ran longer than {limit:g} s and was stopped"
         if name == "SystemExit":
-            return f"cell {index + 1} called sys.exit() (or exit()/quit()); the cells after it still ran"
+            return f"{_cell_name(index, cell)} called sys.exit() (or exit()/quit()); the cells after it still ran"
         value = value if len(value) <= 160 else value[:157] + "..."
-        return f"cell {index + 1} raised {name}: {value}"
+        return f"{_cell_name(index, cell)} raised {name}: {value}"
     return None
 
 
@@ -211,13 +126,13 @@ def _run_once(notebook, tasks: list, settings: RunSettings, skip: set, workdir: 
     from nbclient.exceptions import DeadKernelError
     from nbformat.v4 import new_code_cell
 
-    client = _client(notebook, settings, workdir)
+    client = notebook_client(notebook, settings, workdir)
     problems, result_path = [], os.path.join(workdir, "grader-result.json")
     if os.path.exists(result_path):
         os.remove(result_path)
     client.reset_execution_trackers()
-    with client.setup_kernel(env=_kernel_environment(settings), cwd=workdir,
-                             preexec_fn=_kernel_preexec(settings) if os.name == "posix" else None):
+    with client.setup_kernel(env=kernel_environment(settings), cwd=workdir,
+                             preexec_fn=kernel_preexec(settings) if os.name == "posix" else None):
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type != "code" or index in skip or not cell.source.strip():
                 continue
@@ -252,9 +167,9 @@ def _run_once(notebook, tasks: list, settings: RunSettings, skip: set, workdir: 
             grading_died = True
         finally:
             notebook.cells.pop()
-        error = _cell_problem(len(notebook.cells), grading, 0, float("inf"))
+        error = next((o for o in grading.get("outputs", []) if o.get("output_type") == "error"), None)
         if error and not os.path.exists(result_path):
-            problems.append(f"grading could not run: {error.split(' ', 2)[2]}")
+            problems.append(f"grading could not run: {error.get('ename')}: {error.get('evalue')}")
     graded = None
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
@@ -290,10 +205,10 @@ def run_submission(path: Path, exercise: Exercise, settings: RunSettings) -> dic
             problems = outcome["problems"]  # the last run's: an earlier run's cells ran again
             if outcome["died_at"] is not None:
                 skip.add(outcome["died_at"])
-                cell = outcome["died_at"] + 1
-                restarts.append(f"cell {cell} ran longer than {settings.cell_timeout:g} s and did not stop when "
+                cell = _cell_name(outcome["died_at"], notebook.cells[outcome["died_at"]])
+                restarts.append(f"{cell} ran longer than {settings.cell_timeout:g} s and did not stop when "
                                 "interrupted; the notebook was run again without it" if outcome["stuck"] else
-                                f"cell {cell} ended the kernel (os._exit, a crash, or the CPU-time limit); the "
+                                f"{cell} ended the kernel (os._exit, a crash, or the CPU-time limit); the "
                                 "notebook was run again without it")
                 continue
             if outcome["tasks"] is not None:
