@@ -53,17 +53,43 @@ def grade_all(jobs: list[tuple[str, str, Path, Exercise]], settings: RunSettings
         for index, (_learner, _name, path, exercise) in enumerate(jobs):
             finish(index, _grade_one(str(path), exercise, settings))
         return results
+    pending = list(range(len(jobs)))
+    for attempt in range(_POOL_ROUNDS):
+        pending = _pool_round(jobs, pending, settings, workers, finish, last=attempt == _POOL_ROUNDS - 1)
+        if not pending:
+            break
+    return results
+
+
+# A worker that dies (killed from outside, out of memory) breaks the whole pool: every submission
+# still waiting then fails with BrokenProcessPool. Those are graded again in a new pool; a
+# submission that breaks the pool every time is reported as not graded.
+_POOL_ROUNDS = 2
+
+
+def _pool_round(jobs, indices: list[int], settings: RunSettings, workers: int, finish, last: bool) -> list[int]:
+    """Grade ``indices`` of ``jobs`` in one process pool; returns those to try again (pool broke)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    again = []
     # spawn: a fresh interpreter per worker, never a fork of a parent that holds threads or torch.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_grade_one, str(path), exercise, settings): index
-                   for index, (_learner, _name, path, exercise) in enumerate(jobs)}
+    with ProcessPoolExecutor(max_workers=min(workers, len(indices)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_grade_one, str(jobs[index][2]), jobs[index][3], settings): index
+                   for index in indices}
         for future in as_completed(futures):
             index = futures[future]
             try:
                 run = future.result()
-            except Exception as exc:  # noqa: BLE001 - a dead worker costs one submission, not the class
-                run = {"status": "not graded", "tasks": None, "seconds": 0.0,
-                       "problems": [f"the grading worker failed: {type(exc).__name__}: {exc}"]}
+            except BrokenProcessPool as exc:
+                if not last:
+                    again.append(index)
+                    continue
+                run = _not_graded(f"the grading worker died: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a failed worker costs one submission, not the class
+                run = _not_graded(f"the grading worker failed: {type(exc).__name__}: {exc}")
             finish(index, run)
-    return results
+    return sorted(again)
 
+
+def _not_graded(problem: str) -> dict:
+    return {"status": "not graded", "tasks": None, "seconds": 0.0, "problems": [problem]}
