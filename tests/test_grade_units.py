@@ -246,3 +246,12 @@ def test_points_come_from_the_solution_check_cells_metadata(tmp_path, capsys):
     assert exercise.max_points == 3.5
     assert main(["grade", str(tmp_path), "--solutions", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no solution notebooks with check cells in" in capsys.readouterr().err
+
+
+def test_missing_jupyter_packages_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbclient" else real(name, *a))
+    assert main(["grade", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "needs nbclient; install the course with its Jupyter extras" in capsys.readouterr().err

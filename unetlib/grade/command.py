@@ -131,6 +131,17 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _require_jupyter() -> None:
+    """Grading runs notebooks: refuse in one line where the Jupyter packages are not installed."""
+    import importlib.util
+
+    missing = [name for name in ("nbformat", "nbclient", "jupyter_client", "ipykernel")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise GradeError(f"grading runs notebooks and needs {', '.join(missing)}; install the course with "
+                         "its Jupyter extras: pip install -e '.[dev]' (or make lab)")
+
+
 def run_grade(args) -> int:
     """Run ``python -m unetlib grade`` with parsed ``args``; returns the exit status (0)."""
     from .class_report import write_class_report
@@ -139,6 +150,7 @@ def run_grade(args) -> int:
     from .runner import default_jobs, grade_all
 
     _check_numbers(args)
+    _require_jupyter()
     exercises = load_exercises(Path(args.solutions) if args.solutions else None)
     if args.self_check:
         return _self_check(args, exercises)
